@@ -1,0 +1,71 @@
+"""Datasets as DICOM JSON (PS3.18 Annex F), with bulk data by reference.
+
+Binary values longer than :data:`BULK_THRESHOLD` bytes are not inlined: they
+become a ``BulkDataURI`` under the instance's WADO-RS URL. The URIs are stored
+relative to :data:`ROOT_MARK`, which is replaced by the server's own base URL
+when metadata is served, so stored metadata survives a change of host name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
+
+BULK_THRESHOLD = 1024
+ROOT_MARK = "{{root}}"
+BYTES_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
+
+
+def instance_path(study_uid: str, series_uid: str, sop_uid: str) -> str:
+    """The WADO-RS path of an instance below the DICOMweb root (PS3.18 §10.4)."""
+    return f"/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
+
+
+def to_json(ds: Dataset, bulk_base: str, *, path: Iterable[str] = ()) -> dict[str, Any]:
+    """Return `ds` as a DICOM JSON object, bulk values as BulkDataURIs below `bulk_base`.
+
+    Values deferred by ``dcmread(defer_size=...)`` are never read: a deferred
+    binary value is by definition bulk data.
+    """
+    path = list(path)
+    result: dict[str, Any] = {}
+    for tag in sorted(ds.keys()):
+        if tag.group == 0x0002:
+            continue
+        key = f"{tag:08X}"
+        raw = ds.get_item(tag)
+        vr = _vr_of(raw, tag)
+        if vr in BYTES_VRS and _is_bulk(raw):
+            result[key] = {"vr": vr, "BulkDataURI": "/".join([bulk_base, *path, key])}
+            continue
+        element = ds[tag]
+        if element.VR == "SQ":
+            items = [
+                to_json(item, bulk_base, path=[*path, key, str(i)]) for i, item in enumerate(element.value)
+            ]
+            result[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+        else:
+            result[key] = element.to_json_dict(None, 0)
+    return result
+
+
+def _vr_of(raw: Any, tag: BaseTag) -> str | None:
+    vr = getattr(raw, "VR", None)
+    if vr is None:
+        try:
+            return dictionary_VR(tag)
+        except KeyError:
+            return "UN"
+    return vr
+
+
+def _is_bulk(raw: Any) -> bool:
+    if isinstance(raw, RawDataElement):
+        return raw.value is None or raw.length > BULK_THRESHOLD
+    value = raw.value
+    return isinstance(value, (bytes, bytearray)) and len(value) > BULK_THRESHOLD

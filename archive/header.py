@@ -1,0 +1,175 @@
+"""Read what the index needs from a received Part-10 file, without its pixel data.
+
+One pass: the dataset up to the pixel data is parsed (large values deferred,
+never loaded), turned into DICOM JSON, and the pixel-data element is walked by
+its headers alone to record frame offsets and to prove the file is whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+
+from archive import names
+from archive.dicomjson import ROOT_MARK, instance_path, to_json
+from archive.frames import FrameIndex, TruncatedPixelData, index_frames, read_pixel_header
+
+DEFER = 64 * 1024
+
+
+class UnreadableInstance(ValueError):
+    """The file is not a DICOM instance we can archive; the message says why."""
+
+    def __init__(self, message: str, *, missing_uid: bool = False) -> None:
+        super().__init__(message)
+        self.missing_uid = missing_uid
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """The archive's view of one instance, ready for the index."""
+
+    sop_class_uid: str
+    sop_uid: str
+    study_uid: str
+    series_uid: str
+    transfer_syntax: str
+    meta_sop_uid: str
+    patient: dict[str, str]
+    study: dict[str, str]
+    series: dict[str, Any]
+    instance: dict[str, Any]
+    metadata: bytes
+    frames: FrameIndex | None
+
+
+def read_header(path: Path) -> InstanceHeader:
+    """Parse the Part-10 file at `path`.
+
+    Raises
+    ------
+    UnreadableInstance
+        If the file is not DICOM, is cut short, or lacks an identifying UID.
+    """
+    with open(path, "rb") as fp:
+        try:
+            ds = dcmread(fp, stop_before_pixels=True, defer_size=DEFER)
+            syntax = UID(ds.file_meta.get("TransferSyntaxUID", "") or "")
+            if not syntax:
+                raise UnreadableInstance("the file meta information has no Transfer Syntax UID")
+            uids = _uids(ds)
+            pixel = None
+            implicit, little = ds.original_encoding
+            if syntax != DeflatedExplicitVRLittleEndian and implicit is not None:
+                pixel = read_pixel_header(fp, implicit, little)
+            frames = None
+            if pixel is not None:
+                frames = index_frames(
+                    fp, little, pixel[2],
+                    frames=_int(ds.get("NumberOfFrames")) or 1,
+                    rows=_int(ds.get("Rows")) or 0, columns=_int(ds.get("Columns")) or 0,
+                    samples=_int(ds.get("SamplesPerPixel")) or 1,
+                    bits_allocated=_int(ds.get("BitsAllocated")) or 8,
+                    photometric=str(ds.get("PhotometricInterpretation", "")),
+                )
+            metadata = _metadata(ds, uids, pixel)
+        except UnreadableInstance:
+            raise
+        except TruncatedPixelData as exc:
+            raise UnreadableInstance(f"truncated or malformed pixel data: {exc}") from None
+        except InvalidDicomError as exc:
+            raise UnreadableInstance(f"not a DICOM Part-10 file: {exc}") from None
+        except (EOFError, ValueError, KeyError, TypeError, OverflowError, NotImplementedError,
+                LookupError, UnicodeError) as exc:
+            raise UnreadableInstance(f"cannot parse the dataset: {exc}") from None
+    sop_class, sop_uid, study_uid, series_uid = uids
+    patient_name = ds.get("PatientName")
+    alphabetic, ideographic, phonetic = names.groups(patient_name)
+    return InstanceHeader(
+        sop_class_uid=sop_class,
+        sop_uid=sop_uid,
+        study_uid=study_uid,
+        series_uid=series_uid,
+        transfer_syntax=str(syntax),
+        meta_sop_uid=str(ds.file_meta.get("MediaStorageSOPInstanceUID", "") or ""),
+        patient={
+            "patient_id": _text(ds, "PatientID"),
+            "issuer": _text(ds, "IssuerOfPatientID"),
+            "patient_name": str(patient_name or ""),
+            "name_alphabetic": alphabetic,
+            "name_ideographic": ideographic,
+            "name_phonetic": phonetic,
+            "birth_date": _text(ds, "PatientBirthDate"),
+            "sex": _text(ds, "PatientSex"),
+        },
+        study={
+            "study_date": _text(ds, "StudyDate"),
+            "study_time": _text(ds, "StudyTime"),
+            "accession_number": _text(ds, "AccessionNumber"),
+            "study_id": _text(ds, "StudyID"),
+            "study_description": _text(ds, "StudyDescription"),
+            "referring_physician": names.groups(ds.get("ReferringPhysicianName"))[0],
+        },
+        series={
+            "modality": _text(ds, "Modality"),
+            "series_number": _int(ds.get("SeriesNumber")),
+            "series_description": _text(ds, "SeriesDescription"),
+            "body_part": _text(ds, "BodyPartExamined"),
+            "performed_date": _text(ds, "PerformedProcedureStepStartDate"),
+            "performed_time": _text(ds, "PerformedProcedureStepStartTime"),
+        },
+        instance={
+            "instance_number": _int(ds.get("InstanceNumber")),
+            "rows": _int(ds.get("Rows")),
+            "columns": _int(ds.get("Columns")),
+            "number_of_frames": _int(ds.get("NumberOfFrames")),
+        },
+        metadata=metadata,
+        frames=frames,
+    )
+
+
+def _uids(ds: Dataset) -> tuple[str, str, str, str]:
+    found = []
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        value = str(ds.get(keyword, "") or "").strip("\0 ")
+        if not value:
+            raise UnreadableInstance(f"the dataset has no {keyword}", missing_uid=True)
+        if len(value) > 64:
+            raise UnreadableInstance(f"{keyword} is longer than 64 characters")
+        found.append(value)
+    return found[0], found[1], found[2], found[3]
+
+
+def _metadata(ds: Dataset, uids: tuple[str, str, str, str], pixel: tuple[int, str, int] | None) -> bytes:
+    _sop_class, sop_uid, study_uid, series_uid = uids
+    bulk_base = ROOT_MARK + instance_path(study_uid, series_uid, sop_uid) + "/bulkdata"
+    body = to_json(ds, bulk_base)
+    if pixel is not None:
+        tag, vr, _length = pixel
+        key = f"{tag:08X}"
+        body[key] = {"vr": vr, "BulkDataURI": f"{bulk_base}/{key}"}
+    return orjson.dumps(body)
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    return str(value).strip()
+
+
+def _int(value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

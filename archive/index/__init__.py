@@ -1,0 +1,1 @@
+"""The SQL index of the archive (SQLite embedded, PostgreSQL when it grows)."""

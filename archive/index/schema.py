@@ -1,0 +1,95 @@
+"""The index tables: patient, study, series and instance.
+
+Searchable attributes are columns, normalised for matching (person-name groups
+upper-cased, numbers as integers). The instance row also keeps the instance's
+DICOM JSON metadata and its pixel-data frame offsets, both made at ingest.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger, Column, DateTime, ForeignKey, Index, Integer, LargeBinary, MetaData, String,
+    Table, Text, UniqueConstraint,
+)
+
+metadata = MetaData()
+
+UID = String(64)
+
+patients = Table(
+    "patients", metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("patient_id", String(64), nullable=False),
+    # IssuerOfPatientID when sent, else the sending hospital: PatientIDs are
+    # only unique within their issuer.
+    Column("id_scope", String(128), nullable=False),
+    Column("patient_name", Text, nullable=False),
+    Column("name_alphabetic", Text, nullable=False),
+    Column("name_ideographic", Text, nullable=False),
+    Column("name_phonetic", Text, nullable=False),
+    Column("birth_date", String(8), nullable=False),
+    Column("sex", String(16), nullable=False),
+    UniqueConstraint("patient_id", "id_scope", name="uq_patients_id"),
+)
+
+studies = Table(
+    "studies", metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("study_uid", UID, nullable=False, unique=True),
+    Column("patient_pk", ForeignKey("patients.pk"), nullable=False, index=True),
+    Column("hospital_id", String(64), nullable=True),
+    Column("study_date", String(8), nullable=False),
+    Column("study_time", String(16), nullable=False),
+    Column("accession_number", String(64), nullable=False),
+    Column("study_id", String(16), nullable=False),
+    Column("study_description", Text, nullable=False),
+    Column("referring_physician", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+series = Table(
+    "series", metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("series_uid", UID, nullable=False, unique=True),
+    Column("study_pk", ForeignKey("studies.pk"), nullable=False, index=True),
+    Column("modality", String(16), nullable=False),
+    Column("series_number", Integer, nullable=True),
+    Column("series_description", Text, nullable=False),
+    Column("body_part", String(64), nullable=False),
+    Column("performed_date", String(8), nullable=False),
+    Column("performed_time", String(16), nullable=False),
+)
+
+instances = Table(
+    "instances", metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("sop_uid", UID, nullable=False, unique=True),
+    Column("series_pk", ForeignKey("series.pk"), nullable=False),
+    Column("sop_class_uid", UID, nullable=False),
+    Column("instance_number", Integer, nullable=True),
+    Column("transfer_syntax", UID, nullable=False),
+    Column("rows", Integer, nullable=True),
+    Column("columns", Integer, nullable=True),
+    Column("number_of_frames", Integer, nullable=True),
+    Column("blob_key", Text, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    # JSON: [[offset, length], ...] per frame, or null when not indexable.
+    Column("frames", Text, nullable=True),
+    # The instance's DICOM JSON (PS3.18 F.2), bulk data as BulkDataURI.
+    Column("metadata", LargeBinary, nullable=False),
+    Column("hospital_id", String(64), nullable=True),
+    Column("calling_ae", String(16), nullable=True),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+)
+
+Index("ix_patients_patient_id", patients.c.patient_id)
+Index("ix_patients_name_alphabetic", patients.c.name_alphabetic,
+      postgresql_ops={"name_alphabetic": "text_pattern_ops"})
+Index("ix_patients_name_ideographic", patients.c.name_ideographic,
+      postgresql_ops={"name_ideographic": "text_pattern_ops"})
+Index("ix_studies_study_date", studies.c.study_date)
+Index("ix_studies_accession_number", studies.c.accession_number)
+Index("ix_series_modality", series.c.modality)
+Index("ix_instances_series", instances.c.series_pk, instances.c.instance_number)

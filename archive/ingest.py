@@ -1,0 +1,269 @@
+"""The one ingest path: C-STORE and STOW-RS both end in :meth:`Ingest.ingest`.
+
+Order of work, which is what makes a crash harmless:
+
+1. the received file is hashed and its header parsed (nothing written yet);
+2. the object is put in the blob store, durably, under its final key;
+3. the index rows are committed.
+
+A crash before 3 leaves no index row, so the instance is not visible and the
+sender, having had no success status, sends it again; the second put simply
+overwrites the same key. Success is answered only after 3.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import orjson
+from pynetdicom import AllStoragePresentationContexts
+from sqlalchemy import Connection, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+
+from archive.header import InstanceHeader, UnreadableInstance, read_header
+from archive.index.database import Database
+from archive.index.schema import instances, patients, series, studies
+from archive.storage import BlobStore, instance_key
+
+log = logging.getLogger("huren.ingest")
+
+STORAGE_SOP_CLASSES = frozenset(cx.abstract_syntax for cx in AllStoragePresentationContexts)
+
+
+class Failure(enum.Enum):
+    """Why an instance was not archived, with its DIMSE status (PS3.4 B.2.3)
+    and STOW-RS FailureReason (PS3.18 §10.5.3), which use the same codes."""
+
+    CANNOT_UNDERSTAND = 0xC000
+    DATASET_MISMATCH = 0xA900
+    SOP_CLASS_NOT_SUPPORTED = 0x0122
+    STUDY_MISMATCH = 0xC409
+    DUPLICATE_REJECTED = 0x0111
+    OUT_OF_RESOURCES = 0xA700
+    PROCESSING_FAILURE = 0x0110
+
+
+class IngestError(Exception):
+    """The instance was refused; nothing was stored and nothing stored was touched."""
+
+    def __init__(self, failure: Failure, message: str, *, sop_class_uid: str = "",
+                 sop_uid: str = "") -> None:
+        super().__init__(message)
+        self.failure = failure
+        self.sop_class_uid = sop_class_uid
+        self.sop_uid = sop_uid
+
+
+class Outcome(enum.Enum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"      # the same bytes again: nothing written
+    KEPT = "kept"                # different bytes, policy "keep": the first stays
+    REPLACED = "replaced"        # different bytes, policy "replace"
+
+
+@dataclass(frozen=True)
+class Source:
+    """Who sent an instance, for the index and the logs."""
+
+    door: str                    # "dimse" or "stow"
+    hospital_id: str | None = None
+    calling_ae: str | None = None
+
+
+@dataclass(frozen=True)
+class Stored:
+    outcome: Outcome
+    sop_class_uid: str
+    sop_uid: str
+    study_uid: str
+    series_uid: str
+
+
+class Ingest:
+    """Archive received Part-10 files: blob store first, then the index."""
+
+    def __init__(self, db: Database, store: BlobStore, on_conflict: str = "reject") -> None:
+        self.db = db
+        self.store = store
+        self.on_conflict = on_conflict
+
+    def ingest(self, path: Path, source: Source, *, expected_study: str | None = None,
+               check_meta: bool = False) -> Stored:
+        """Archive the complete Part-10 file at `path`, which this call consumes.
+
+        `expected_study` refuses instances of another study (STOW-RS on
+        ``/studies/{uid}``). `check_meta` refuses a dataset whose SOP Instance
+        UID differs from the file meta's (C-STORE: the meta comes from the
+        request's Affected SOP Instance UID).
+
+        Raises
+        ------
+        IngestError
+            With the failure to report; the file is removed.
+        """
+        try:
+            return self._ingest(path, source, expected_study, check_meta)
+        finally:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def _ingest(self, path: Path, source: Source, expected_study: str | None,
+                check_meta: bool) -> Stored:
+        sha256 = _sha256(path)
+        try:
+            header = read_header(path)
+        except UnreadableInstance as exc:
+            failure = Failure.DATASET_MISMATCH if exc.missing_uid else Failure.CANNOT_UNDERSTAND
+            raise IngestError(failure, str(exc)) from None
+        ids = {"sop_class_uid": header.sop_class_uid, "sop_uid": header.sop_uid}
+        if header.sop_class_uid not in STORAGE_SOP_CLASSES:
+            raise IngestError(Failure.SOP_CLASS_NOT_SUPPORTED,
+                              f"SOP Class {header.sop_class_uid} is not a storage SOP class", **ids)
+        if check_meta and header.meta_sop_uid != header.sop_uid:
+            raise IngestError(Failure.DATASET_MISMATCH,
+                              f"SOP Instance UID {header.sop_uid} differs from the request's "
+                              f"{header.meta_sop_uid}", **ids)
+        if expected_study is not None and header.study_uid != expected_study:
+            raise IngestError(Failure.STUDY_MISMATCH,
+                              f"instance belongs to study {header.study_uid}, not {expected_study}", **ids)
+
+        existing = self._existing(header.sop_uid)
+        if existing is not None:
+            if existing.sha256 == sha256:
+                return self._result(Outcome.DUPLICATE, header)
+            if self.on_conflict == "keep":
+                log.warning("conflict kept", extra=_log_fields(header, source, sha256=sha256))
+                return self._result(Outcome.KEPT, header)
+            if self.on_conflict == "reject":
+                log.warning("conflict rejected", extra=_log_fields(header, source, sha256=sha256))
+                raise IngestError(Failure.DUPLICATE_REJECTED,
+                                  f"a different instance with SOP Instance UID {header.sop_uid} "
+                                  "is already archived", **ids)
+
+        key = instance_key(header.study_uid, header.series_uid, header.sop_uid)
+        try:
+            blob = self.store.put(key, path, sha256)
+        except OSError as exc:
+            raise IngestError(Failure.OUT_OF_RESOURCES, f"cannot write the object: {exc}", **ids) from None
+        except Exception as exc:
+            log.exception("blob store failed", extra=_log_fields(header, source))
+            raise IngestError(Failure.OUT_OF_RESOURCES, f"the blob store failed: {exc}", **ids) from None
+
+        row = {
+            **header.instance,
+            "sop_uid": header.sop_uid,
+            "sop_class_uid": header.sop_class_uid,
+            "transfer_syntax": header.transfer_syntax,
+            "blob_key": blob.key,
+            "size": blob.size,
+            "sha256": sha256,
+            "frames": None if header.frames is None else orjson.dumps(header.frames).decode(),
+            "metadata": header.metadata,
+            "hospital_id": source.hospital_id,
+            "calling_ae": source.calling_ae,
+            "received_at": datetime.now(timezone.utc),
+        }
+        try:
+            self._index(header, source, row, replace=existing is not None)
+        except IntegrityError:
+            # Another association archived the same SOP Instance UID a moment ago.
+            again = self._existing(header.sop_uid)
+            if again is not None and again.sha256 == sha256:
+                return self._result(Outcome.DUPLICATE, header)
+            raise IngestError(Failure.PROCESSING_FAILURE,
+                              f"SOP Instance UID {header.sop_uid} was archived concurrently", **ids) from None
+        if existing is not None and existing.blob_key != blob.key:
+            self.store.delete(existing.blob_key)
+        outcome = Outcome.REPLACED if existing is not None else Outcome.STORED
+        log.info("instance %s", outcome.value, extra=_log_fields(header, source, size=blob.size))
+        return self._result(outcome, header)
+
+    def _existing(self, sop_uid: str):
+        with self.db.reading() as conn:
+            return conn.execute(
+                select(instances.c.pk, instances.c.sha256, instances.c.blob_key)
+                .where(instances.c.sop_uid == sop_uid)
+            ).first()
+
+    def _index(self, header: InstanceHeader, source: Source, row: dict, *, replace: bool) -> None:
+        now = row["received_at"]
+        with self.db.writing() as conn:
+            study_pk = conn.execute(
+                select(studies.c.pk).where(studies.c.study_uid == header.study_uid)
+            ).scalar()
+            if study_pk is None:
+                patient_pk = self._patient(conn, header, source)
+                study_pk = self._insert_or_get(
+                    conn, studies, "study_uid",
+                    {"study_uid": header.study_uid, "patient_pk": patient_pk,
+                     "hospital_id": source.hospital_id, "created_at": now, "updated_at": now,
+                     **header.study},
+                )
+            else:
+                conn.execute(update(studies).where(studies.c.pk == study_pk).values(updated_at=now))
+            series_pk = conn.execute(
+                select(series.c.pk).where(series.c.series_uid == header.series_uid)
+            ).scalar()
+            if series_pk is None:
+                series_pk = self._insert_or_get(
+                    conn, series, "series_uid",
+                    {"series_uid": header.series_uid, "study_pk": study_pk, **header.series},
+                )
+            row = {**row, "series_pk": series_pk}
+            if replace:
+                conn.execute(update(instances).where(instances.c.sop_uid == header.sop_uid).values(row))
+            else:
+                conn.execute(instances.insert().values(row))
+
+    def _patient(self, conn: Connection, header: InstanceHeader, source: Source) -> int:
+        fields = dict(header.patient)
+        issuer = fields.pop("issuer")
+        fields["id_scope"] = issuer or source.hospital_id or ""
+        pk = conn.execute(
+            select(patients.c.pk).where(patients.c.patient_id == fields["patient_id"],
+                                        patients.c.id_scope == fields["id_scope"])
+        ).scalar()
+        if pk is not None:
+            return pk
+        statement = (sqlite_insert if self.db.is_sqlite else pg_insert)(patients).values(fields)
+        conn.execute(statement.on_conflict_do_nothing(index_elements=["patient_id", "id_scope"]))
+        return conn.execute(
+            select(patients.c.pk).where(patients.c.patient_id == fields["patient_id"],
+                                        patients.c.id_scope == fields["id_scope"])
+        ).scalar_one()
+
+    def _insert_or_get(self, conn: Connection, table, uid_column: str, values: dict) -> int:
+        statement = (sqlite_insert if self.db.is_sqlite else pg_insert)(table).values(values)
+        conn.execute(statement.on_conflict_do_nothing(index_elements=[uid_column]))
+        return conn.execute(
+            select(table.c.pk).where(table.c[uid_column] == values[uid_column])
+        ).scalar_one()
+
+    @staticmethod
+    def _result(outcome: Outcome, header: InstanceHeader) -> Stored:
+        return Stored(outcome, header.sop_class_uid, header.sop_uid, header.study_uid, header.series_uid)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1024 * 1024):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _log_fields(header: InstanceHeader, source: Source, **more) -> dict:
+    return {
+        "study": header.study_uid, "series": header.series_uid, "sop": header.sop_uid,
+        "hospital": source.hospital_id, "ae": source.calling_ae, "door": source.door, **more,
+    }

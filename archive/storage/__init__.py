@@ -1,0 +1,68 @@
+"""Blob stores: where archived objects live, behind one interface.
+
+A store knows keys and bytes, never who asked or what the bytes mean. The key
+of an instance is ``<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``
+(the backend adds its own prefix), so the archive stays readable without Huren.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from archive.config import Config, FilesystemStorage, S3Storage
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    key: str
+    size: int
+    sha256: str
+
+
+class BlobNotFound(KeyError):
+    """No object is stored under the key."""
+
+
+class BlobStore(Protocol):
+    """What the archive asks of a storage backend."""
+
+    def put(self, key: str, path: Path, sha256: str) -> StoredBlob:
+        """Store the local file at `path` durably under `key`, replacing any object there.
+
+        The store may move the file instead of copying it: the caller must not
+        use `path` afterwards. Returns only once the object is durable.
+        """
+
+    def read(self, key: str, start: int = 0, length: int | None = None,
+             chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+        """Yield the object's bytes from `start`, `length` bytes or to the end.
+
+        Raises :class:`BlobNotFound` (before the first chunk) if there is no such object.
+        """
+
+    def delete(self, key: str) -> None:
+        """Remove the object; removing a missing object is not an error."""
+
+    def keys(self) -> Iterator[str]:
+        """Yield every complete object's key (never a half-written one)."""
+
+
+def instance_key(study_uid: str, series_uid: str, sop_uid: str) -> str:
+    """The object key of an instance, per the design's object layout."""
+    return f"{study_uid}/{series_uid}/{sop_uid}.dcm"
+
+
+def open_store(config: Config) -> BlobStore:
+    """Build the blob store the configuration names."""
+    storage = config.storage
+    if isinstance(storage, FilesystemStorage):
+        from archive.storage.filesystem import FilesystemStore
+
+        return FilesystemStore(storage.path)
+    assert isinstance(storage, S3Storage)
+    from archive.storage.s3 import S3Store
+
+    return S3Store(storage)

@@ -1,0 +1,107 @@
+"""A blob store in a local folder (the embedded default).
+
+Durability: the file is fsynced, renamed into place atomically, and the folder
+entry is fsynced too, so a crash leaves either the whole object or nothing.
+Half-written copies carry a ``.part`` suffix and are never listed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from archive.storage import BlobNotFound, StoredBlob
+
+PART_SUFFIX = ".part"
+
+
+class FilesystemStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path_of(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root not in path.parents:
+            raise ValueError(f"key {key!r} leaves the archive folder")
+        return path
+
+    def put(self, key: str, path: Path, sha256: str) -> StoredBlob:
+        target = self.path_of(key)
+        self._make_folders(target.parent)
+        size = os.stat(path).st_size
+        _fsync_file(path)
+        try:
+            os.replace(path, target)
+        except OSError:
+            # Another file system (e.g. a spool on a different disk): copy, then rename.
+            part = target.with_name(f".{target.name}.{uuid.uuid4().hex}{PART_SUFFIX}")
+            with open(path, "rb") as src, open(part, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1024 * 1024)
+                dst.flush()
+                os.fsync(dst.fileno())
+            os.replace(part, target)
+            os.unlink(path)
+        _fsync_dir(target.parent)
+        return StoredBlob(key, size, sha256)
+
+    def read(self, key: str, start: int = 0, length: int | None = None,
+             chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+        try:
+            handle = open(self.path_of(key), "rb")
+        except FileNotFoundError:
+            raise BlobNotFound(key) from None
+        return _chunks(handle, start, length, chunk_size)
+
+    def delete(self, key: str) -> None:
+        try:
+            os.unlink(self.path_of(key))
+        except FileNotFoundError:
+            pass
+
+    def keys(self) -> Iterator[str]:
+        for folder, _dirs, files in os.walk(self.root):
+            for name in files:
+                if not name.endswith(PART_SUFFIX):
+                    yield Path(folder, name).relative_to(self.root).as_posix()
+
+    def _make_folders(self, folder: Path) -> None:
+        if folder.is_dir():
+            return
+        missing = [folder, *(p for p in folder.parents if not p.exists())]
+        folder.mkdir(parents=True, exist_ok=True)
+        # A new folder is only durable once its parent's entry is.
+        for created in missing:
+            _fsync_dir(created.parent)
+
+
+def _chunks(handle, start: int, length: int | None, chunk_size: int) -> Iterator[bytes]:
+    with handle:
+        handle.seek(start)
+        remaining = length
+        while remaining is None or remaining > 0:
+            block = handle.read(chunk_size if remaining is None else min(chunk_size, remaining))
+            if not block:
+                return
+            if remaining is not None:
+                remaining -= len(block)
+            yield block
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,88 @@
+"""A blob store in an S3-compatible bucket, reached only through boto3.
+
+Objects above ``multipart_threshold`` go up in parts; every upload carries a
+SHA-256 checksum that the server verifies, and the hex digest is kept in the
+object's metadata so the bucket can be audited without Huren.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import ClientError
+
+from archive.config import S3Storage
+from archive.storage import BlobNotFound, StoredBlob
+
+_MISSING = {"404", "NoSuchKey", "NotFound"}
+
+
+class S3Store:
+    def __init__(self, settings: S3Storage) -> None:
+        self.bucket = settings.bucket
+        self.prefix = f"{settings.prefix}/" if settings.prefix else ""
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=settings.endpoint_url,
+            region_name=settings.region,
+            config=BotoConfig(
+                max_pool_connections=settings.max_connections,
+                retries={"max_attempts": 5, "mode": "standard"},
+            ),
+        )
+        self.transfer = TransferConfig(
+            multipart_threshold=settings.multipart_threshold,
+            multipart_chunksize=settings.multipart_chunk,
+            max_concurrency=4,
+        )
+
+    def put(self, key: str, path: Path, sha256: str) -> StoredBlob:
+        size = os.stat(path).st_size
+        self.client.upload_file(
+            str(path), self.bucket, self.prefix + key,
+            ExtraArgs={
+                "ChecksumAlgorithm": "SHA256",
+                "ContentType": "application/dicom",
+                "Metadata": {"sha256": sha256},
+            },
+            Config=self.transfer,
+        )
+        os.unlink(path)
+        return StoredBlob(key, size, sha256)
+
+    def read(self, key: str, start: int = 0, length: int | None = None,
+             chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+        if length == 0:
+            return iter(())
+        request = {"Bucket": self.bucket, "Key": self.prefix + key}
+        if start or length is not None:
+            end = "" if length is None else str(start + length - 1)
+            request["Range"] = f"bytes={start}-{end}"
+        try:
+            body = self.client.get_object(**request)["Body"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _MISSING:
+                raise BlobNotFound(key) from None
+            raise
+        return _stream(body, chunk_size)
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
+
+    def keys(self) -> Iterator[str]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self.prefix
+        )
+        for page in pages:
+            for item in page.get("Contents", []):
+                yield item["Key"][len(self.prefix):]
+
+
+def _stream(body, chunk_size: int) -> Iterator[bytes]:
+    with body:
+        yield from body.iter_chunks(chunk_size)

@@ -1,0 +1,1 @@
+"""The HTTP door: DICOMweb (PS3.18) on Starlette."""

@@ -1,0 +1,24 @@
+"""Errors as JSON a user can act on: an HTTP status, a message, and the parameter at fault."""
+
+from __future__ import annotations
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+
+class DicomWebError(HTTPException):
+    """An error answer; `parameter` names the query parameter or header at fault."""
+
+    def __init__(self, status_code: int, message: str, parameter: str | None = None) -> None:
+        super().__init__(status_code, message)
+        self.parameter = parameter
+
+
+async def error_response(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    body: dict[str, object] = {"error": exc.detail, "status": exc.status_code}
+    parameter = getattr(exc, "parameter", None)
+    if parameter:
+        body["parameter"] = parameter
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)

@@ -1,0 +1,116 @@
+"""STOW-RS: store instances (PS3.18 §10.5).
+
+The body (``multipart/related; type="application/dicom"``) is spooled part by
+part to files, never held in memory, and each part goes through the same
+ingest call as C-STORE. The answer lists stored instances in
+ReferencedSOPSequence and refused ones in FailedSOPSequence with the same
+failure codes C-STORE answers with.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from archive.ingest import Failure, Ingest, IngestError, Source, Stored
+from dicomweb.errors import DicomWebError
+from dicomweb.multipart import Part, PartReader, media_type
+
+log = logging.getLogger("huren.stow")
+DICOM = "application/dicom"
+
+
+async def store(request: Request) -> Response:
+    """``POST /studies`` and ``POST /studies/{study}``."""
+    state = request.app.state
+    kind, params = media_type(request.headers.get("content-type"))
+    part_type = params.get("type", DICOM).strip('"').lower()
+    if kind != "multipart/related" or part_type != DICOM:
+        raise DicomWebError(415, 'STOW-RS takes multipart/related; type="application/dicom"',
+                            "content-type")
+    if not params.get("boundary"):
+        raise DicomWebError(400, "multipart/related needs a boundary parameter", "content-type")
+    declared = request.headers.get("content-length")
+    limit = state.config.http.max_request_bytes
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise DicomWebError(413, f"the body is larger than {limit} bytes", "content-length")
+
+    reader = PartReader(params["boundary"], state.spool)
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise DicomWebError(413, f"the body is larger than {limit} bytes", "content-length")
+            reader.feed(chunk)
+        parts = reader.finish()
+    except DicomWebError:
+        reader.discard()
+        raise
+    except ClientDisconnect:
+        reader.discard()
+        raise DicomWebError(400, "the client closed the connection before the body ended") from None
+    except ValueError as exc:
+        reader.discard()
+        raise DicomWebError(400, f"malformed multipart body: {exc}", "content-type") from None
+    if not parts:
+        raise DicomWebError(400, "the multipart body has no parts", "content-type")
+
+    source = Source("stow")
+    study = request.path_params.get("study")
+    outcomes = await run_in_threadpool(_ingest_all, state.ingest, parts, source, study)
+    root = str(request.base_url).rstrip("/") + state.root
+    return _answer(outcomes, root, study)
+
+
+def _ingest_all(ingest: Ingest, parts: list[Part], source: Source,
+                study: str | None) -> list[Stored | IngestError]:
+    outcomes: list[Stored | IngestError] = []
+    for part in parts:
+        if part.content_type not in ("", DICOM):
+            os.unlink(part.path)
+            outcomes.append(IngestError(Failure.CANNOT_UNDERSTAND,
+                                        f"part of type {part.content_type} is not {DICOM}"))
+            continue
+        try:
+            outcomes.append(ingest.ingest(part.path, source, expected_study=study))
+        except IngestError as exc:
+            log.warning("STOW-RS refused: %s", exc, extra={"sop": exc.sop_uid, "door": "stow"})
+            outcomes.append(exc)
+    return outcomes
+
+
+def _answer(outcomes: list[Stored | IngestError], root: str, study: str | None) -> Response:
+    """The Store Instances Response Module (PS3.18 Table 10.5.3-3) and its HTTP status."""
+    referenced, failed = [], []
+    for outcome in outcomes:
+        if isinstance(outcome, Stored):
+            referenced.append({
+                "00081150": {"vr": "UI", "Value": [outcome.sop_class_uid]},
+                "00081155": {"vr": "UI", "Value": [outcome.sop_uid]},
+                "00081190": {"vr": "UR", "Value": [
+                    f"{root}/studies/{outcome.study_uid}/series/{outcome.series_uid}"
+                    f"/instances/{outcome.sop_uid}"]},
+            })
+        else:
+            item = {"00081197": {"vr": "US", "Value": [outcome.failure.value]}}
+            if outcome.sop_class_uid:
+                item["00081150"] = {"vr": "UI", "Value": [outcome.sop_class_uid]}
+            if outcome.sop_uid:
+                item["00081155"] = {"vr": "UI", "Value": [outcome.sop_uid]}
+            failed.append(item)
+    body: dict[str, object] = {}
+    studies = {o.study_uid for o in outcomes if isinstance(o, Stored)}
+    if study or len(studies) == 1:
+        body["00081190"] = {"vr": "UR", "Value": [f"{root}/studies/{study or studies.pop()}"]}
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": failed}
+    if referenced:
+        body["00081199"] = {"vr": "SQ", "Value": referenced}
+    status = 200 if not failed else 202 if referenced else 409
+    return Response(orjson.dumps(body), status_code=status, media_type="application/dicom+json")

@@ -1,0 +1,77 @@
+"""The DIMSE listener: one pynetdicom AE that answers C-ECHO and C-STORE.
+
+Every storage SOP class is accepted in every transfer syntax pynetdicom knows
+(PS3.5 §10), and objects are archived as received, never transcoded.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom import _config as pynetdicom_config
+from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from archive.config import Config
+from archive.ingest import Ingest
+from gateway.access import allowed_calling_aes, hospital_of
+from gateway.store import handle_store
+
+log = logging.getLogger("huren.dimse")
+
+
+class NoDelayServer(ThreadedAssociationServer):
+    """An association server whose accepted sockets send without Nagle's delay."""
+
+    def get_request(self):
+        client, address = super().get_request()
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return client, address
+
+
+def build_ae(config: Config) -> AE:
+    """The application entity, with the contexts and limits the configuration sets."""
+    # Stream each received dataset to a file instead of memory.
+    pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
+    ae = AE(ae_title=config.dicom.ae_title)
+    ae.maximum_pdu_size = config.dicom.max_pdu
+    ae.network_timeout = config.dicom.network_timeout
+    ae.acse_timeout = config.dicom.network_timeout
+    ae.dimse_timeout = config.dicom.network_timeout
+    ae.maximum_associations = 64
+    ae.require_called_aet = config.dicom.check_called_ae
+    ae.require_calling_aet = allowed_calling_aes(config)
+    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    return ae
+
+
+def start(config: Config, ingest: Ingest) -> NoDelayServer:
+    """Start listening in background threads; stop with ``server.shutdown()``."""
+    ae = build_ae(config)
+    handlers = [
+        (evt.EVT_C_STORE, handle_store, [ingest, config]),
+        (evt.EVT_ACCEPTED, _log_association, ["accepted", config]),
+        (evt.EVT_RELEASED, _log_association, ["released", config]),
+        (evt.EVT_ABORTED, _log_association, ["aborted", config]),
+        (evt.EVT_REJECTED, _log_association, ["rejected", config]),
+    ]
+    server = ae.make_server(
+        (config.dicom.host, config.dicom.port), evt_handlers=handlers, server_class=NoDelayServer
+    )
+    threading.Thread(target=server.serve_forever, name="dimse", daemon=True).start()
+    log.info("DIMSE listening", extra={"ae": config.dicom.ae_title, "port": server.server_address[1]})
+    return server
+
+
+def _log_association(event: Event, what: str, config: Config) -> None:
+    calling = event.assoc.requestor.ae_title
+    log.info("association %s", what, extra={
+        "ae": calling, "hospital": hospital_of(config, calling),
+        "peer": f"{event.assoc.requestor.address}:{event.assoc.requestor.port}",
+    })

@@ -1,0 +1,3 @@
+from huren.cli import main
+
+raise SystemExit(main())
