@@ -1,0 +1,230 @@
+"""Shared fixtures: real servers on 127.0.0.1 — Huren itself, moto's S3 server, PostgreSQL.
+
+Huren runs as ``python -m huren serve --config FILE``, the command a hospital
+runs, in a subprocess. DCMTK tools are called by absolute path because
+pynetdicom installs console scripts with the same names.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+PYDICOM_FILES = Path(__import__("pydicom").__file__).parent / "data" / "test_files"
+PG_ADMIN_URL = os.environ.get("HUREN_TEST_POSTGRES", "postgresql+psycopg://root@127.0.0.1:5432/test")
+
+
+def dcmtk(tool: str) -> str:
+    """The absolute path of a DCMTK tool (not pynetdicom's namesake)."""
+    path = Path("/usr/bin") / tool
+    if not path.exists():
+        pytest.fail(f"DCMTK's {tool} is not installed: apt-get install dcmtk")
+    return str(path)
+
+
+def dcmtk_env() -> dict[str, str]:
+    # Debian's DCMTK keeps Nagle's algorithm on unless told otherwise.
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Huren:
+    """A running ``huren serve`` and what a test needs to talk to it."""
+
+    workdir: Path
+    config: dict[str, Any]
+    process: subprocess.Popen | None = None
+    log: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = self.workdir / "huren.log"
+
+    @property
+    def ae_title(self) -> str:
+        return self.config["dicom"]["ae_title"]
+
+    @property
+    def dicom_port(self) -> int:
+        return self.config["dicom"]["port"]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.config['http']['port']}"
+
+    @property
+    def dicomweb(self) -> str:
+        return self.url + self.config["http"]["dicomweb_root"]
+
+    def start(self, timeout: float = 30.0) -> "Huren":
+        path = self.workdir / "huren.yaml"
+        path.write_text(yaml.safe_dump(self.config))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "huren", "serve", "--config", str(path)],
+            cwd=self.workdir, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"huren exited with {self.process.returncode}:\n{self.log.read_text()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"huren did not answer within {timeout}s:\n{self.log.read_text()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.process = None
+
+    def storescu(self, *files: Path | str, calling: str = "STORESCU", extra: tuple[str, ...] = (),
+                 tool: str = "storescu") -> subprocess.CompletedProcess:
+        """Send files with DCMTK (storescu, or dcmsend which sends compressed files as they are)."""
+        if tool == "dcmsend":
+            args = [dcmtk("dcmsend"), "-aet", calling, "-aec", self.ae_title,
+                    "127.0.0.1", str(self.dicom_port), *extra, *map(str, files)]
+        else:
+            args = [dcmtk("storescu"), "-aet", calling, "-aec", self.ae_title, *extra,
+                    "127.0.0.1", str(self.dicom_port), *map(str, files)]
+        return subprocess.run(args, env=dcmtk_env(), capture_output=True, text=True, timeout=600)
+
+
+def huren_config(workdir: Path, *, storage: dict[str, Any] | None = None,
+                 index_url: str | None = None, **sections: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "dicom": {"ae_title": "HUREN", "host": "127.0.0.1", "port": free_port()},
+        "http": {"host": "127.0.0.1", "port": free_port(), "dicomweb_root": "/dicom-web"},
+        "storage": storage or {"backend": "filesystem", "path": str(workdir / "archive")},
+        "index": {"url": index_url or f"sqlite:///{workdir / 'index.db'}"},
+        "ingest": {"spool": str(workdir / "spool")},
+        "hospitals": [{"id": "hosp-a", "name": "Hospital A", "ae_titles": ["CT_A", "DR_A"]}],
+    }
+    for name, values in sections.items():
+        if isinstance(values, dict):
+            config.setdefault(name, {}).update(values)
+        else:
+            config[name] = values
+    return config
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's standalone S3 server over HTTP on 127.0.0.1."""
+    from moto.server import ThreadedMotoServer
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_storage(s3_endpoint: str) -> dict[str, Any]:
+    """A fresh bucket on the S3 server, as a storage config section."""
+    import boto3
+
+    bucket = f"huren-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    return {"backend": "s3", "endpoint_url": s3_endpoint, "bucket": bucket, "prefix": "pilot",
+            "region": "us-east-1", "multipart_threshold": 5 * 1024**2, "multipart_chunk": 5 * 1024**2}
+
+
+def _postgres_answers() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database; skipped when no server answers (CI insists on one)."""
+    if not _postgres_answers():
+        if os.environ.get("HUREN_REQUIRE_POSTGRES"):
+            pytest.fail("PostgreSQL does not answer at 127.0.0.1:5432")
+        pytest.skip("PostgreSQL does not answer at 127.0.0.1:5432")
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"huren_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def index_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each index test runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'index.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def huren(tmp_path: Path) -> Iterator[Huren]:
+    """Huren on its embedded defaults: a folder archive and SQLite."""
+    server = Huren(tmp_path, huren_config(tmp_path)).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["filesystem+sqlite", "s3+postgresql"])
+def any_huren(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Huren]:
+    """Huren on the embedded defaults, and on S3 with a PostgreSQL index."""
+    if request.param == "filesystem+sqlite":
+        config = huren_config(tmp_path)
+    else:
+        config = huren_config(tmp_path, storage=request.getfixturevalue("s3_storage"),
+                              index_url=request.getfixturevalue("postgres_url"))
+    server = Huren(tmp_path, config).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def copy_dir(tmp_path: Path):
+    """Copy files into a fresh folder (DCMTK sends a folder's files in one association)."""
+    def copy(files: list[Path], name: str = "send") -> Path:
+        folder = tmp_path / name
+        folder.mkdir(exist_ok=True)
+        for i, source in enumerate(files):
+            shutil.copy(source, folder / f"{i:05d}.dcm")
+        return folder
+    return copy
