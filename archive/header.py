@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-from archive import names
+from archive import charsets, names  # noqa: F401  (charsets: decoding fixes)
 from archive.dicomjson import ROOT_MARK, instance_path, to_json
 from archive.frames import FrameIndex, TruncatedPixelData, index_frames, read_pixel_header
 

@@ -1,0 +1,83 @@
+"""The configuration model and `huren check-config` / `huren serve` refusing bad files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from archive.config import ConfigError, S3Storage, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "huren.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_config_is_the_embedded_default() -> None:
+    config = load_config(ROOT / "conf" / "huren.yaml")
+    assert config.dicom.ae_title == "HUREN" and config.dicom.port == 11112
+    assert config.http.port == 8080 and config.http.dicomweb_root == "/dicom-web"
+    assert config.storage.backend == "filesystem"
+    assert config.index.url.startswith("sqlite:///")
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, ""))
+    assert config.dicom.max_pdu >= 256 * 1024
+    assert config.ingest.on_conflict == "reject"
+
+
+def test_s3_section(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "storage: {backend: s3, bucket: scans, prefix: /pilot/}\n"))
+    assert isinstance(config.storage, S3Storage)
+    assert config.storage.prefix == "pilot"
+
+
+@pytest.mark.parametrize("text, key", [
+    ("dicom: {ae_titel: X}\n", "dicom.ae_titel: unknown key"),
+    ("dicom: {port: eleven}\n", "dicom.port"),
+    ("dicom: {port: 70000}\n", "dicom.port"),
+    ("dicom: {ae_title: THIS_AE_TITLE_IS_TOO_LONG}\n", "dicom.ae_title"),
+    ("storage: {backend: tape}\n", "storage"),
+    ("storage: {backend: s3}\n", "storage.bucket"),
+    ("index: {url: 'mysql://x'}\n", "index.url"),
+    ("ingest: {on_conflict: overwrite}\n", "ingest.on_conflict"),
+    ("http: {dicomweb_root: dicom-web}\n", "http.dicomweb_root"),
+    ("hospitals: [{id: a, name: A, ae_titles: [CT]}, {id: b, name: B, ae_titles: [CT]}]\n", "AE title 'CT'"),
+    ("- just a list\n", "top level"),
+    ("dicom: {port: [\n", "not valid YAML"),
+])
+def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    assert key in str(caught.value)
+    assert str(tmp_path) in str(caught.value)
+
+
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+def test_cli_refuses_a_bad_file_without_a_traceback(tmp_path: Path, command: str) -> None:
+    path = write(tmp_path, "dicom: {port: eleven}\n")
+    args = [command, str(path)] if command == "check-config" else [command, "--config", str(path)]
+    result = subprocess.run([sys.executable, "-m", "huren", *args], capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "dicom.port" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_accepts_the_shipped_file() -> None:
+    result = subprocess.run([sys.executable, "-m", "huren", "check-config", "conf/huren.yaml"],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.yaml")
