@@ -10,6 +10,7 @@ import logging
 import socket
 import threading
 
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.events import Event
@@ -22,6 +23,14 @@ from gateway.access import allowed_calling_aes, hospital_of
 from gateway.store import handle_store
 
 log = logging.getLogger("huren.dimse")
+
+# pynetdicom accepts the first of *our* syntaxes that the requestor proposes.
+# A requestor proposes the uncompressed ones as a fallback it can convert to,
+# so listing encoded syntaxes first keeps objects as the sender holds them;
+# among uncompressed ones Explicit VR Little Endian wins (Big Endian is
+# retired, Implicit VR loses the VRs of private elements).
+UNCOMPRESSED = [ExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian]
+PREFERRED_SYNTAXES = [ts for ts in ALL_TRANSFER_SYNTAXES if ts not in UNCOMPRESSED] + UNCOMPRESSED
 
 
 class NoDelayServer(ThreadedAssociationServer):
@@ -45,9 +54,9 @@ def build_ae(config: Config) -> AE:
     ae.maximum_associations = 64
     ae.require_called_aet = config.dicom.check_called_ae
     ae.require_calling_aet = allowed_calling_aes(config)
-    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification, PREFERRED_SYNTAXES)
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(context.abstract_syntax, PREFERRED_SYNTAXES)
     return ae
 
 
