@@ -18,6 +18,7 @@ from pydicom.tag import BaseTag
 
 BULK_THRESHOLD = 1024
 ROOT_MARK = "{{root}}"
+UNDEFINED = 0xFFFFFFFF
 BYTES_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 
 
@@ -26,11 +27,14 @@ def instance_path(study_uid: str, series_uid: str, sop_uid: str) -> str:
     return f"/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
 
 
-def to_json(ds: Dataset, bulk_base: str, *, path: Iterable[str] = ()) -> dict[str, Any]:
+def to_json(ds: Dataset, bulk_base: str, bulk: dict[str, tuple[int, int]], *,
+            path: Iterable[str] = ()) -> dict[str, Any]:
     """Return `ds` as a DICOM JSON object, bulk values as BulkDataURIs below `bulk_base`.
 
     Values deferred by ``dcmread(defer_size=...)`` are never read: a deferred
-    binary value is by definition bulk data.
+    binary value is by definition bulk data. Each bulk value's place in the
+    file is added to `bulk` as ``{"<tag path>": (offset, length)}`` so it can be
+    served later by a ranged read.
     """
     path = list(path)
     result: dict[str, Any] = {}
@@ -41,12 +45,16 @@ def to_json(ds: Dataset, bulk_base: str, *, path: Iterable[str] = ()) -> dict[st
         raw = ds.get_item(tag)
         vr = _vr_of(raw, tag)
         if vr in BYTES_VRS and _is_bulk(raw):
-            result[key] = {"vr": vr, "BulkDataURI": "/".join([bulk_base, *path, key])}
+            where = "/".join([*path, key])
+            result[key] = {"vr": vr, "BulkDataURI": f"{bulk_base}/{where}"}
+            if isinstance(raw, RawDataElement) and raw.length != UNDEFINED:
+                bulk[where] = (raw.value_tell, raw.length)
             continue
         element = ds[tag]
         if element.VR == "SQ":
             items = [
-                to_json(item, bulk_base, path=[*path, key, str(i)]) for i, item in enumerate(element.value)
+                to_json(item, bulk_base, bulk, path=[*path, key, str(i)])
+                for i, item in enumerate(element.value)
             ]
             result[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
         else:

@@ -48,6 +48,7 @@ class InstanceHeader:
     instance: dict[str, Any]
     metadata: bytes
     frames: FrameIndex | None
+    bulk: dict[str, tuple[int, int]]
 
 
 def read_header(path: Path) -> InstanceHeader:
@@ -79,7 +80,10 @@ def read_header(path: Path) -> InstanceHeader:
                     bits_allocated=_int(ds.get("BitsAllocated")) or 8,
                     photometric=str(ds.get("PhotometricInterpretation", "")),
                 )
-            metadata = _metadata(ds, uids, pixel)
+            bulk: dict[str, tuple[int, int]] = {}
+            metadata = _metadata(ds, uids, pixel, bulk)
+            if syntax == DeflatedExplicitVRLittleEndian:
+                bulk.clear()  # offsets lie in the inflated stream, not in the file
         except UnreadableInstance:
             raise
         except TruncatedPixelData as exc:
@@ -133,6 +137,7 @@ def read_header(path: Path) -> InstanceHeader:
         },
         metadata=metadata,
         frames=frames,
+        bulk=bulk,
     )
 
 
@@ -148,10 +153,11 @@ def _uids(ds: Dataset) -> tuple[str, str, str, str]:
     return found[0], found[1], found[2], found[3]
 
 
-def _metadata(ds: Dataset, uids: tuple[str, str, str, str], pixel: tuple[int, str, int] | None) -> bytes:
+def _metadata(ds: Dataset, uids: tuple[str, str, str, str], pixel: tuple[int, str, int] | None,
+              bulk: dict[str, tuple[int, int]]) -> bytes:
     _sop_class, sop_uid, study_uid, series_uid = uids
     bulk_base = ROOT_MARK + instance_path(study_uid, series_uid, sop_uid) + "/bulkdata"
-    body = to_json(ds, bulk_base)
+    body = to_json(ds, bulk_base, bulk)
     if pixel is not None:
         tag, vr, _length = pixel
         key = f"{tag:08X}"

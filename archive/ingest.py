@@ -168,6 +168,7 @@ class Ingest:
             "size": blob.size,
             "sha256": sha256,
             "frames": None if header.frames is None else orjson.dumps(header.frames).decode(),
+            "bulk": orjson.dumps(header.bulk).decode() if header.bulk else None,
             "metadata": header.metadata,
             "hospital_id": source.hospital_id,
             "calling_ae": source.calling_ae,

@@ -24,6 +24,7 @@ class Located:
     blob_key: str
     size: int
     frames: str | None
+    bulk: str | None
 
 
 def locate(db: Database, study_uid: str, series_uid: str | None = None,
@@ -31,7 +32,8 @@ def locate(db: Database, study_uid: str, series_uid: str | None = None,
     """The archived instances of a study, series or single instance, in series and instance order."""
     statement = _scoped(
         [studies.c.study_uid, series.c.series_uid, instances.c.sop_uid, instances.c.sop_class_uid,
-         instances.c.transfer_syntax, instances.c.blob_key, instances.c.size, instances.c.frames],
+         instances.c.transfer_syntax, instances.c.blob_key, instances.c.size, instances.c.frames,
+         instances.c.bulk],
         study_uid, series_uid, sop_uid,
     )
     with db.reading() as conn:

@@ -77,6 +77,8 @@ instances = Table(
     Column("sha256", String(64), nullable=False),
     # JSON: [[offset, length], ...] per frame, or null when not indexable.
     Column("frames", Text, nullable=True),
+    # JSON: {"<tag path>": [offset, length]} for each value sent as a BulkDataURI.
+    Column("bulk", Text, nullable=True),
     # The instance's DICOM JSON (PS3.18 F.2), bulk data as BulkDataURI.
     Column("metadata", LargeBinary, nullable=False),
     Column("hospital_id", String(64), nullable=True),

@@ -69,6 +69,7 @@ def upgrade() -> None:
         sa.Column("size", sa.BigInteger, nullable=False),
         sa.Column("sha256", sa.String(64), nullable=False),
         sa.Column("frames", sa.Text),
+        sa.Column("bulk", sa.Text),
         sa.Column("metadata", sa.LargeBinary, nullable=False),
         sa.Column("hospital_id", sa.String(64)),
         sa.Column("calling_ae", sa.String(16)),
