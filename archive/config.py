@@ -42,8 +42,13 @@ class HttpConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     dicomweb_root: str = "/dicom-web"
+    # Where clients reach this server, when not at the address they connect to
+    # (behind a reverse proxy): the base of every RetrieveURL and BulkDataURI.
+    public_url: str | None = Field(None, pattern=r"^https?://[^/]+$")
     # Bodies larger than this (STOW-RS) are refused with 413.
     max_request_bytes: int = Field(4 * 1024**3, ge=1024)
+    # QIDO-RS answers at most this many matches; more are paged with limit/offset.
+    max_query_results: int = Field(1000, ge=1, le=100_000)
 
     @field_validator("dicomweb_root")
     @classmethod

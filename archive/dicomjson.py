@@ -47,7 +47,9 @@ def to_json(ds: Dataset, bulk_base: str, bulk: dict[str, tuple[int, int]], *,
         if vr in BYTES_VRS and _is_bulk(raw):
             where = "/".join([*path, key])
             result[key] = {"vr": vr, "BulkDataURI": f"{bulk_base}/{where}"}
-            if isinstance(raw, RawDataElement) and raw.length != UNDEFINED:
+            # Inside a sequence, pydicom's value_tell may count from the sequence's
+            # own buffer, not the file: nested values are found by parsing instead.
+            if isinstance(raw, RawDataElement) and raw.length != UNDEFINED and not path:
                 bulk[where] = (raw.value_tell, raw.length)
             continue
         element = ds[tag]

@@ -19,7 +19,7 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from archive import charsets, names  # noqa: F401  (charsets: decoding fixes)
 from archive.dicomjson import ROOT_MARK, instance_path, to_json
-from archive.frames import FrameIndex, TruncatedPixelData, index_frames, read_pixel_header
+from archive.frames import UNDEFINED, FrameIndex, TruncatedPixelData, index_frames, read_pixel_header
 
 DEFER = 64 * 1024
 
@@ -66,10 +66,18 @@ def read_header(path: Path) -> InstanceHeader:
             if not syntax:
                 raise UnreadableInstance("the file meta information has no Transfer Syntax UID")
             uids = _uids(ds)
+            if syntax == DeflatedExplicitVRLittleEndian:
+                # The inflated stream cannot be walked by offsets: read it whole,
+                # pixel data included, so its metadata names every element.
+                fp.seek(0)
+                ds = dcmread(fp)
             pixel = None
             implicit, little = ds.original_encoding
+            bulk: dict[str, tuple[int, int]] = {}
             if syntax != DeflatedExplicitVRLittleEndian and implicit is not None:
                 pixel = read_pixel_header(fp, implicit, little)
+            if pixel is not None and pixel[2] != UNDEFINED:
+                bulk[f"{pixel[0]:08X}"] = (fp.tell(), pixel[2])
             frames = None
             if pixel is not None:
                 frames = index_frames(
@@ -80,7 +88,6 @@ def read_header(path: Path) -> InstanceHeader:
                     bits_allocated=_int(ds.get("BitsAllocated")) or 8,
                     photometric=str(ds.get("PhotometricInterpretation", "")),
                 )
-            bulk: dict[str, tuple[int, int]] = {}
             metadata = _metadata(ds, uids, pixel, bulk)
             if syntax == DeflatedExplicitVRLittleEndian:
                 bulk.clear()  # offsets lie in the inflated stream, not in the file

@@ -15,9 +15,8 @@ from archive.config import Config
 from archive.index.database import Database
 from archive.ingest import Ingest
 from archive.storage import BlobStore
-from dicomweb import qido, stow, wado
+from dicomweb import bulkdata, qido, stow, wado
 from dicomweb.errors import error_response
-
 
 
 def build_app(config: Config, db: Database, store: BlobStore, ingest: Ingest, spool: Path) -> Starlette:
@@ -40,6 +39,8 @@ def build_app(config: Config, db: Database, store: BlobStore, ingest: Ingest, sp
         Route(series + "/instances", qido.instances, methods=["GET"]),
         Route(instance, wado.retrieve, methods=["GET"]),
         Route(instance + "/metadata", wado.retrieve_metadata, methods=["GET"]),
+        Route(instance + "/frames/{frames}", bulkdata.frames, methods=["GET"]),
+        Route(instance + "/bulkdata/{path:path}", bulkdata.bulkdata, methods=["GET"]),
     ]
     root = config.http.dicomweb_root
     routes = [Route("/health", health, methods=["GET"])]

@@ -14,15 +14,18 @@ from starlette.responses import Response
 
 from archive.index.query import Level, Query, QueryError, parse_attribute, search, unsupported
 from dicomweb.errors import DicomWebError
+from dicomweb.urls import root_url
 
 CONTROL = {"limit", "offset", "includefield", "fuzzymatching"}
-MAX_LIMIT = 10_000
+TRUNCATED = ('299 huren "The number of results exceeded the maximum supported by the server. '
+             'Additional results can be requested."')
 
 
 def parse_query(request: Request, level: Level) -> tuple[Query, list[str]]:
     """Read the query parameters of `request` into a :class:`Query`.
 
-    Returns the query and the names of the ignored (unsupported) keys.
+    Returns the query and the names of the ignored (unsupported) keys. The
+    query's limit is what the client asked for, or ``None``.
     """
     params = request.query_params
     query = Query(
@@ -30,8 +33,10 @@ def parse_query(request: Request, level: Level) -> tuple[Query, list[str]]:
         study_uid=request.path_params.get("study"),
         series_uid=request.path_params.get("series"),
     )
-    query.limit = _number(params, "limit", MAX_LIMIT)
-    query.offset = _number(params, "offset", None) or 0
+    query.limit = _number(params, "limit")
+    if query.limit == 0:
+        raise DicomWebError(400, "must be a positive integer", "limit")
+    query.offset = _number(params, "offset") or 0
     fuzzy = params.get("fuzzymatching", "false").lower()
     if fuzzy not in ("true", "false"):
         raise DicomWebError(400, "must be true or false", "fuzzymatching")
@@ -59,17 +64,32 @@ def parse_query(request: Request, level: Level) -> tuple[Query, list[str]]:
 
 
 def respond(request: Request, level: Level) -> Response:
-    """Answer a QIDO-RS request at `level`."""
+    """Answer a QIDO-RS request at `level`.
+
+    At most ``http.max_query_results`` matches are returned; when the server's
+    cap (not the client's own limit) cut the answer short, a ``Warning`` header
+    says so, as PS3.18 §8.3.4.4 asks.
+    """
     query, ignored = parse_query(request, level)
     app = request.app.state
+    cap = app.config.http.max_query_results
+    asked = query.limit
+    returned = min(asked or cap, cap)
+    query.limit = returned + 1  # the one more tells whether the answer was cut short
     try:
         with app.db.reading() as conn:
-            results = search(conn, query, str(request.base_url).rstrip("/") + app.root)
+            results = search(conn, query, root_url(request))
     except QueryError as exc:
         raise DicomWebError(400, str(exc), exc.parameter) from None
-    headers = {}
+    warnings = []
     if ignored:
-        headers["Warning"] = f'299 huren "The following attributes are not supported for matching: {", ".join(ignored)}"'
+        warnings.append(f'299 huren "The following attributes are not supported for matching: '
+                        f'{", ".join(ignored)}"')
+    if len(results) > returned:
+        results = results[:returned]
+        if asked is None or asked > cap:
+            warnings.append(TRUNCATED)
+    headers = {"Warning": ", ".join(warnings)} if warnings else {}
     return Response(orjson.dumps(results), media_type="application/dicom+json", headers=headers)
 
 
@@ -92,11 +112,10 @@ def _attribute(name: str) -> int:
         raise DicomWebError(400, str(exc), exc.parameter) from None
 
 
-def _number(params, name: str, ceiling: int | None) -> int | None:
+def _number(params, name: str) -> int | None:
     raw = params.get(name)
     if raw is None:
         return None
     if not raw.isdigit():
         raise DicomWebError(400, "must be a non-negative integer", name)
-    value = int(raw)
-    return min(value, ceiling) if ceiling is not None else value
+    return int(raw)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+from pathlib import Path
 
 import orjson
 from starlette.concurrency import run_in_threadpool
@@ -20,9 +22,11 @@ from starlette.responses import Response
 from archive.ingest import Failure, Ingest, IngestError, Source, Stored
 from dicomweb.errors import DicomWebError
 from dicomweb.multipart import Part, PartReader, media_type
+from dicomweb.urls import root_url
 
 log = logging.getLogger("huren.stow")
 DICOM = "application/dicom"
+PREAMBLE = b"\0" * 128 + b"DICM"
 
 
 async def store(request: Request) -> Response:
@@ -64,7 +68,7 @@ async def store(request: Request) -> Response:
     source = Source("stow")
     study = request.path_params.get("study")
     outcomes = await run_in_threadpool(_ingest_all, state.ingest, parts, source, study)
-    root = str(request.base_url).rstrip("/") + state.root
+    root = root_url(request)
     return _answer(outcomes, root, study)
 
 
@@ -78,11 +82,30 @@ def _ingest_all(ingest: Ingest, parts: list[Part], source: Source,
                                         f"part of type {part.content_type} is not {DICOM}"))
             continue
         try:
+            _as_part10(part.path)
             outcomes.append(ingest.ingest(part.path, source, expected_study=study))
         except IngestError as exc:
             log.warning("STOW-RS refused: %s", exc, extra={"sop": exc.sop_uid, "door": "stow"})
             outcomes.append(exc)
     return outcomes
+
+
+def _as_part10(path: Path) -> None:
+    """Give a part that starts with its file meta group, but lacks the preamble and
+    ``DICM`` prefix, both — so that the archive holds only Part-10 files.
+
+    pydicom's ``dcmwrite`` writes a newly made dataset that way, and
+    dicomweb-client's ``store_instances`` sends what it writes.
+    """
+    with open(path, "rb") as fp:
+        head = fp.read(len(PREAMBLE))
+    if head[128:] == b"DICM" or head[:2] != b"\x02\x00" or not head[4:6].isalpha():
+        return
+    whole = path.with_suffix(".p10")
+    with open(path, "rb") as source, open(whole, "wb") as target:
+        target.write(PREAMBLE)
+        shutil.copyfileobj(source, target, 1024 * 1024)
+    os.replace(whole, path)
 
 
 def _answer(outcomes: list[Stored | IngestError], root: str, study: str | None) -> Response:

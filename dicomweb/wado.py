@@ -17,6 +17,7 @@ from archive.retrieve import Located, locate, metadata
 from archive.transcode import can_transcode, transcoded
 from dicomweb.errors import DicomWebError
 from dicomweb.multipart import media_type, new_boundary, write_parts
+from dicomweb.urls import root_url
 
 DICOM = "application/dicom"
 
@@ -55,7 +56,7 @@ def retrieve_metadata(request: Request) -> Response:
     state = request.app.state
     params = request.path_params
     _located(request)
-    root = str(request.base_url).rstrip("/") + state.root
+    root = root_url(request)
     documents = metadata(state.db, root, params["study"], params.get("series"), params.get("instance"))
 
     def body() -> Iterator[bytes]:

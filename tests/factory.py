@@ -47,17 +47,23 @@ def instance(*, rows: int = 16, columns: int = 16, frames: int = 1, **attributes
             delattr(ds, keyword)
         else:
             setattr(ds, keyword, value)
-    return ds
+    return with_meta(ds)
 
 
-def write(ds: Dataset, path: Path) -> Path:
-    """Save `ds` as a Part-10 file in Explicit VR Little Endian."""
+def with_meta(ds: Dataset) -> Dataset:
+    """Give `ds` file meta information for Explicit VR Little Endian, from its current UIDs."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.get("SOPClassUID", CTImageStorage)
     meta.MediaStorageSOPInstanceUID = ds.get("SOPInstanceUID", generate_uid())
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds.file_meta = meta
+    return ds
+
+
+def write(ds: Dataset, path: Path) -> Path:
+    """Save `ds` as a Part-10 file in Explicit VR Little Endian."""
+    with_meta(ds)
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
