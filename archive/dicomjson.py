@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
@@ -60,8 +60,24 @@ def to_json(ds: Dataset, bulk_base: str, bulk: dict[str, tuple[int, int]], *,
             ]
             result[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
         else:
-            result[key] = element.to_json_dict(None, 0)
+            result[key] = _element_json(element)
     return result
+
+
+def _element_json(element: DataElement) -> dict[str, Any]:
+    """One non-sequence element as DICOM JSON.
+
+    IS and DS values are JSON numbers, but CP 1861 lets them be strings
+    (PS3.18 Table F.2.3-1): a value that is no number (pydicom's ``badVR.dcm``
+    has an IS of ``1A``) goes out as sent rather than failing the instance.
+    """
+    try:
+        return element.to_json_dict(None, 0)
+    except ValueError:
+        if element.VR not in ("IS", "DS"):
+            raise
+    values = element.value if element.VM > 1 else [element.value]
+    return {"vr": element.VR, "Value": [None if v in (None, "") else str(v) for v in values]}
 
 
 def _vr_of(raw: Any, tag: BaseTag) -> str | None:

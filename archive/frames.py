@@ -40,7 +40,9 @@ def read_pixel_header(fp: BinaryIO, implicit: bool, little: bool) -> tuple[int, 
         return None
     if implicit:
         (length,) = struct.unpack("<I" if little else ">I", start[4:8])
-        vr = PIXEL_TAGS[tag] or "OW"
+        # Implicit VR native pixel data is OW (PS3.5 A.1); encapsulated is OB
+        # (A.4), which an implicit VR data set under a compressed syntax may carry.
+        vr = PIXEL_TAGS[tag] or ("OB" if length == UNDEFINED else "OW")
     else:
         vr = start[4:6].decode("ascii", "replace")
         rest = fp.read(4)

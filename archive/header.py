@@ -7,12 +7,16 @@ its headers alone to record frame offsets and to prove the file is whole.
 
 from __future__ import annotations
 
+import os
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
@@ -65,14 +69,15 @@ def read_header(path: Path) -> InstanceHeader:
             syntax = UID(ds.file_meta.get("TransferSyntaxUID", "") or "")
             if not syntax:
                 raise UnreadableInstance("the file meta information has no Transfer Syntax UID")
-            uids = _uids(ds)
             if syntax == DeflatedExplicitVRLittleEndian:
                 # The inflated stream cannot be walked by offsets: read it whole,
                 # pixel data included, so its metadata names every element.
                 fp.seek(0)
                 ds = dcmread(fp)
+            _check_whole(ds, os.fstat(fp.fileno()).st_size)
+            implicit, little = _read_encoding(ds)
+            uids = _uids(ds)
             pixel = None
-            implicit, little = ds.original_encoding
             bulk: dict[str, tuple[int, int]] = {}
             if syntax != DeflatedExplicitVRLittleEndian and implicit is not None:
                 pixel = read_pixel_header(fp, implicit, little)
@@ -98,7 +103,9 @@ def read_header(path: Path) -> InstanceHeader:
         except InvalidDicomError as exc:
             raise UnreadableInstance(f"not a DICOM Part-10 file: {exc}") from None
         except (EOFError, ValueError, KeyError, TypeError, OverflowError, NotImplementedError,
-                LookupError, UnicodeError) as exc:
+                LookupError, UnicodeError, struct.error, zlib.error, OSError) as exc:
+            # A file cut short inside a header, a deflated stream or an undefined-length
+            # sequence makes pydicom raise struct.error, zlib.error or OSError ("No tag to read").
             raise UnreadableInstance(f"cannot parse the dataset: {exc}") from None
     sop_class, sop_uid, study_uid, series_uid = uids
     patient_name = ds.get("PatientName")
@@ -146,6 +153,44 @@ def read_header(path: Path) -> InstanceHeader:
         frames=frames,
         bulk=bulk,
     )
+
+
+def _check_whole(ds: Dataset, size: int, where: str = "") -> None:
+    """Refuse a data set with a value cut short by the end of the file.
+
+    pydicom reads a short value without complaint, and a deferred one is not
+    read at all, so a file truncated before its pixel data (pydicom's
+    ``rtplan_truncated.dcm``) would otherwise be archived as if whole. Values
+    of undefined-length sequences were read from the file and are checked
+    item by item; a defined-length sequence is whole when its value is.
+    """
+    for tag in ds.keys():
+        raw = ds.get_item(tag)
+        if isinstance(raw, RawDataElement):
+            if raw.length == UNDEFINED:
+                continue
+            have = size - raw.value_tell if raw.value is None else len(raw.value)
+            if have < raw.length:
+                raise UnreadableInstance(f"the file is cut short: {where}{tag} needs "
+                                         f"{raw.length} bytes, has {max(have, 0)}")
+        elif raw.VR == "SQ":
+            for i, item in enumerate(raw.value):
+                _check_whole(item, size, f"{where}{tag} item {i + 1}, ")
+
+
+def _read_encoding(ds: Dataset) -> tuple[bool | None, bool | None]:
+    """The (implicit VR, little endian) encoding the data set was actually read in.
+
+    pydicom reads an implicit VR data set sent under an explicit VR transfer
+    syntax (pydicom's ``SC_rgb_jpeg.dcm``) as implicit, but reports the transfer
+    syntax's encoding as ``original_encoding``; its raw elements keep the truth,
+    which the pixel-data header that follows the data set needs.
+    """
+    for tag in ds.keys():
+        raw = ds.get_item(tag)
+        if isinstance(raw, RawDataElement):
+            return raw.is_implicit_VR, raw.is_little_endian
+    return ds.original_encoding
 
 
 def _uids(ds: Dataset) -> tuple[str, str, str, str]:

@@ -79,10 +79,11 @@ class Huren:
     def start(self, timeout: float = 30.0) -> "Huren":
         path = self.workdir / "huren.yaml"
         path.write_text(yaml.safe_dump(self.config))
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "huren", "serve", "--config", str(path)],
-            cwd=self.workdir, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
-        )
+        with open(self.log, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "huren", "serve", "--config", str(path)],
+                cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
