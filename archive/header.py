@@ -23,7 +23,9 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from archive import charsets, names  # noqa: F401  (charsets: decoding fixes)
 from archive.dicomjson import ROOT_MARK, instance_path, to_json
-from archive.frames import UNDEFINED, FrameIndex, TruncatedPixelData, index_frames, read_pixel_header
+from archive.frames import (
+    PIXEL_TAGS, UNDEFINED, FrameIndex, TruncatedPixelData, index_frames, read_pixel_header,
+)
 
 DEFER = 64 * 1024
 
@@ -81,6 +83,9 @@ def read_header(path: Path) -> InstanceHeader:
             bulk: dict[str, tuple[int, int]] = {}
             if syntax != DeflatedExplicitVRLittleEndian and implicit is not None:
                 pixel = read_pixel_header(fp, implicit, little)
+            if pixel is None and _lacks_pixel_data(ds):
+                raise UnreadableInstance("the image has Rows and Columns but no Pixel Data: "
+                                         "the file ends before it")
             if pixel is not None and pixel[2] != UNDEFINED:
                 bulk[f"{pixel[0]:08X}"] = (fp.tell(), pixel[2])
             frames = None
@@ -176,6 +181,15 @@ def _check_whole(ds: Dataset, size: int, where: str = "") -> None:
         elif raw.VR == "SQ":
             for i, item in enumerate(raw.value):
                 _check_whole(item, size, f"{where}{tag} item {i + 1}, ")
+
+
+def _lacks_pixel_data(ds: Dataset) -> bool:
+    """Whether an image's pixels are missing: the sign of a file cut just before them.
+
+    Pixel data referenced by URL (JPIP, PS3.3 C.7.6.3.1.3) is not missing.
+    """
+    return ("Rows" in ds and "Columns" in ds and "PixelDataProviderURL" not in ds
+            and not any(tag in ds for tag in PIXEL_TAGS))
 
 
 def _read_encoding(ds: Dataset) -> tuple[bool | None, bool | None]:

@@ -348,3 +348,14 @@ def test_file_cut_inside_a_value_is_unreadable(tmp_path: Path, name: str) -> Non
         cut.write_bytes(data[:end])
         with pytest.raises(UnreadableInstance):
             read_header(cut)
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_bigendian.dcm", "SC_rgb_rle.dcm"])
+def test_image_cut_just_before_its_pixel_data_is_unreadable(tmp_path: Path, name: str) -> None:
+    data = (PYDICOM_FILES / name).read_bytes()
+    ds = dcmread(PYDICOM_FILES / name)
+    tag = b"\xe0\x7f\x10\x00" if ds.original_encoding[1] else b"\x7f\xe0\x00\x10"
+    cut = tmp_path / name
+    cut.write_bytes(data[:data.rindex(tag, 0, ds["PixelData"].file_tell)])
+    with pytest.raises(UnreadableInstance, match="no Pixel Data"):
+        read_header(cut)
