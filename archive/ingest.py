@@ -23,7 +23,7 @@ from pathlib import Path
 
 import orjson
 from pynetdicom import AllStoragePresentationContexts
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Insert, Table, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -94,6 +94,7 @@ class Ingest:
         self.db = db
         self.store = store
         self.on_conflict = on_conflict
+        self._upserts = _upserts(db.is_sqlite)
 
     def ingest(self, path: Path, source: Source, *, expected_study: str | None = None,
                check_meta: bool = False) -> Stored:
@@ -198,61 +199,47 @@ class Ingest:
 
     def _index(self, header: InstanceHeader, source: Source, row: dict, *, replace: bool) -> None:
         now = row["received_at"]
+        patient = dict(header.patient)
+        patient["id_scope"] = patient.pop("issuer") or source.hospital_id or ""
         with self.db.writing() as conn:
-            study_pk = conn.execute(
-                select(studies.c.pk).where(studies.c.study_uid == header.study_uid)
-            ).scalar()
-            if study_pk is None:
-                patient_pk = self._patient(conn, header, source)
-                study_pk = self._insert_or_get(
-                    conn, studies, "study_uid",
-                    {"study_uid": header.study_uid, "patient_pk": patient_pk,
-                     "hospital_id": source.hospital_id, "created_at": now, "updated_at": now,
-                     **header.study},
-                )
-            else:
-                conn.execute(update(studies).where(studies.c.pk == study_pk).values(updated_at=now))
-            series_pk = conn.execute(
-                select(series.c.pk).where(series.c.series_uid == header.series_uid)
-            ).scalar()
-            if series_pk is None:
-                series_pk = self._insert_or_get(
-                    conn, series, "series_uid",
-                    {"series_uid": header.series_uid, "study_pk": study_pk, **header.series},
-                )
+            patient_pk = conn.execute(self._upserts[patients], patient).scalar_one()
+            study_pk = conn.execute(self._upserts[studies], {
+                "study_uid": header.study_uid, "patient_pk": patient_pk,
+                "hospital_id": source.hospital_id, "created_at": now, "updated_at": now,
+                **header.study,
+            }).scalar_one()
+            series_pk = conn.execute(self._upserts[series], {
+                "series_uid": header.series_uid, "study_pk": study_pk, **header.series,
+            }).scalar_one()
             row = {**row, "series_pk": series_pk}
             if replace:
                 conn.execute(update(instances).where(instances.c.sop_uid == header.sop_uid).values(row))
             else:
-                conn.execute(instances.insert().values(row))
-
-    def _patient(self, conn: Connection, header: InstanceHeader, source: Source) -> int:
-        fields = dict(header.patient)
-        issuer = fields.pop("issuer")
-        fields["id_scope"] = issuer or source.hospital_id or ""
-        pk = conn.execute(
-            select(patients.c.pk).where(patients.c.patient_id == fields["patient_id"],
-                                        patients.c.id_scope == fields["id_scope"])
-        ).scalar()
-        if pk is not None:
-            return pk
-        statement = (sqlite_insert if self.db.is_sqlite else pg_insert)(patients).values(fields)
-        conn.execute(statement.on_conflict_do_nothing(index_elements=["patient_id", "id_scope"]))
-        return conn.execute(
-            select(patients.c.pk).where(patients.c.patient_id == fields["patient_id"],
-                                        patients.c.id_scope == fields["id_scope"])
-        ).scalar_one()
-
-    def _insert_or_get(self, conn: Connection, table, uid_column: str, values: dict) -> int:
-        statement = (sqlite_insert if self.db.is_sqlite else pg_insert)(table).values(values)
-        conn.execute(statement.on_conflict_do_nothing(index_elements=[uid_column]))
-        return conn.execute(
-            select(table.c.pk).where(table.c[uid_column] == values[uid_column])
-        ).scalar_one()
+                conn.execute(instances.insert(), row)
 
     @staticmethod
     def _result(outcome: Outcome, header: InstanceHeader) -> Stored:
         return Stored(outcome, header.sop_class_uid, header.sop_uid, header.study_uid, header.series_uid)
+
+
+def _upserts(is_sqlite: bool) -> dict[Table, Insert]:
+    """One statement per level that inserts a row, or finds the row already there, and
+    returns its key — one round trip where select-insert-select took three.
+
+    The first instance of a patient, study or series sets its attributes; a
+    study's ``updated_at`` follows its newest instance. Built once: executed
+    with a parameter dict, SQLAlchemy reuses the compiled form.
+    """
+    insert = sqlite_insert if is_sqlite else pg_insert
+    statements: dict[Table, Insert] = {}
+    for table, unique, touched in ((patients, ["patient_id", "id_scope"], "patient_id"),
+                                   (studies, ["study_uid"], "updated_at"),
+                                   (series, ["series_uid"], "series_uid")):
+        statement = insert(table)
+        statements[table] = statement.on_conflict_do_update(
+            index_elements=unique, set_={touched: statement.excluded[touched]},
+        ).returning(table.c.pk)
+    return statements
 
 
 def _sha256(path: Path) -> str:
