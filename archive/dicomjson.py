@@ -4,22 +4,42 @@ Binary values longer than :data:`BULK_THRESHOLD` bytes are not inlined: they
 become a ``BulkDataURI`` under the instance's WADO-RS URL. The URIs are stored
 relative to :data:`ROOT_MARK`, which is replaced by the server's own base URL
 when metadata is served, so stored metadata survives a change of host name.
+
+This runs once per received instance, so it is on the ingest's hot path.
+Values of the common VRs (strings, numbers, tags) go from the file's bytes
+straight to JSON with pydicom's own decoding rules; building pydicom elements
+first costs ten times as much. Person names, sequences, implicit-VR and
+ambiguous elements, and any value those rules do not cover exactly go through
+pydicom, so the output is always what ``DataElement.to_json_dict`` gives.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+import struct
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+from pydicom.charset import decode_bytes, default_encoding
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
+from pydicom.valuerep import TEXT_VR_DELIMS
 
 BULK_THRESHOLD = 1024
 ROOT_MARK = "{{root}}"
 UNDEFINED = 0xFFFFFFFF
 BYTES_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
+
+# How pydicom reads each VR's bytes (pydicom.values.converters), for the fast path.
+_NUMBERS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "UV": "Q", "SV": "q"}
+_SPLIT_THEN_STRIP = {"SH", "LO", "UC"}  # charset text, each value stripped
+_SINGLE_TEXT = {"ST", "LT", "UT"}  # charset text, one value
+_STRIP_THEN_SPLIT = {"AS", "CS", "DA", "DT", "TM", "UI"}  # ASCII, trailing padding dropped
+_TEXT_VRS = _SPLIT_THEN_STRIP | _SINGLE_TEXT | _STRIP_THEN_SPLIT | {"AE", "UR", "IS", "DS"}
+_INTEGER = re.compile(r"\s*[+-]?\d+\s*")
+_DECIMAL = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
 
 
 def instance_path(study_uid: str, series_uid: str, sop_uid: str) -> str:
@@ -37,6 +57,7 @@ def to_json(ds: Dataset, bulk_base: str, bulk: dict[str, tuple[int, int]], *,
     served later by a ranged read.
     """
     path = list(path)
+    encodings = _encodings(ds)
     result: dict[str, Any] = {}
     for tag in sorted(ds.keys()):
         if tag.group == 0x0002:
@@ -52,7 +73,14 @@ def to_json(ds: Dataset, bulk_base: str, bulk: dict[str, tuple[int, int]], *,
             if isinstance(raw, RawDataElement) and raw.length != UNDEFINED and not path:
                 bulk[where] = (raw.value_tell, raw.length)
             continue
-        element = ds[tag]
+        fast = None
+        if isinstance(raw, RawDataElement) and vr is not None and (raw.VR or not tag.is_private):
+            # An implicit VR private element's VR comes from its creator: pydicom's job.
+            fast = _raw_json(raw, vr, encodings)
+        if fast is not None:
+            result[key] = fast
+            continue
+        element = _element(ds, raw, encodings)
         if element.VR == "SQ":
             items = [
                 to_json(item, bulk_base, bulk, path=[*path, key, str(i)])
@@ -62,6 +90,76 @@ def to_json(ds: Dataset, bulk_base: str, bulk: dict[str, tuple[int, int]], *,
         else:
             result[key] = _element_json(element)
     return result
+
+
+def _encodings(ds: Dataset) -> list[str]:
+    """The Python codecs of the data set's text, as pydicom decodes it."""
+    encodings = ds.original_character_set or [default_encoding]
+    return [encodings] if isinstance(encodings, str) else list(encodings)
+
+
+def _element(ds: Dataset, raw: Any, encodings: list[str]) -> DataElement:
+    """`raw` as a pydicom element; through the data set where it needs more than its bytes."""
+    if (isinstance(raw, RawDataElement) and raw.value is not None and raw.VR is not None
+            and raw.VR not in ("SQ", "UN") and " or " not in raw.VR):
+        return convert_raw_data_element(raw, encoding=encodings, ds=ds)
+    # Deferred values, sequences, implicit or ambiguous VRs: pydicom reads and corrects them.
+    return ds[raw.tag]
+
+
+def _raw_json(raw: RawDataElement, vr: str, encodings: list[str]) -> dict[str, Any] | None:
+    """The DICOM JSON of a raw element of a common VR, or None.
+
+    None hands the element to pydicom: any VR or value not covered here.
+    """
+    value = raw.value
+    if value is None or " or " in vr:
+        return None
+    if not value:
+        return {"vr": vr} if vr in _NUMBERS or vr in _TEXT_VRS or vr == "AT" else None
+    if vr in _NUMBERS:
+        code = _NUMBERS[vr]
+        size = struct.calcsize(code)
+        if len(value) % size:
+            return None
+        order = "<" if raw.is_little_endian else ">"
+        return {"vr": vr, "Value": list(struct.unpack(f"{order}{len(value) // size}{code}", value))}
+    if vr == "AT":
+        if len(value) % 4:
+            return None
+        order = "<" if raw.is_little_endian else ">"
+        words = struct.unpack(f"{order}{len(value) // 2}H", value)
+        return {"vr": vr, "Value": [f"{words[i]:04X}{words[i + 1]:04X}" for i in range(0, len(words), 2)]}
+    if vr in _SPLIT_THEN_STRIP:
+        text = decode_bytes(value, encodings, TEXT_VR_DELIMS)
+        return _strings(vr, [v.rstrip("\0 ") for v in text.split("\\")])
+    if vr in _SINGLE_TEXT:
+        return _strings(vr, [decode_bytes(value, encodings, TEXT_VR_DELIMS).rstrip("\0 ")])
+    if not value.isascii():
+        return None
+    text = value.decode("ascii")
+    if vr in _STRIP_THEN_SPLIT:
+        return _strings(vr, text.rstrip(" \0").split("\\"))
+    if vr == "AE":
+        return _strings(vr, [v.strip() for v in text.split("\\")])
+    if vr == "UR":
+        return _strings(vr, [text.rstrip()])
+    if vr in ("IS", "DS"):
+        items = text.rstrip(" \0").split("\\")
+        if items == [""]:
+            return {"vr": vr}
+        pattern, number = (_INTEGER, int) if vr == "IS" else (_DECIMAL, float)
+        if not all(pattern.fullmatch(item) for item in items):
+            return None
+        return {"vr": vr, "Value": [number(item) for item in items]}
+    return None
+
+
+def _strings(vr: str, values: Sequence[str]) -> dict[str, Any]:
+    # pydicom: one empty value is an empty element; empty values among several stay "".
+    if len(values) == 1 and not values[0]:
+        return {"vr": vr}
+    return {"vr": vr, "Value": list(values)}
 
 
 def _element_json(element: DataElement) -> dict[str, Any]:

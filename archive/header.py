@@ -86,19 +86,21 @@ def read_header(path: Path) -> InstanceHeader:
             if pixel is None and _lacks_pixel_data(ds):
                 raise UnreadableInstance("the image has Rows and Columns but no Pixel Data: "
                                          "the file ends before it")
+            pixel_value = fp.tell()
             if pixel is not None and pixel[2] != UNDEFINED:
-                bulk[f"{pixel[0]:08X}"] = (fp.tell(), pixel[2])
+                bulk[f"{pixel[0]:08X}"] = (pixel_value, pixel[2])
+            body = _metadata(ds, uids, pixel, bulk)  # may read deferred values, moving `fp`
             frames = None
             if pixel is not None:
+                fp.seek(pixel_value)
                 frames = index_frames(
                     fp, little, pixel[2],
-                    frames=_int(ds.get("NumberOfFrames")) or 1,
-                    rows=_int(ds.get("Rows")) or 0, columns=_int(ds.get("Columns")) or 0,
-                    samples=_int(ds.get("SamplesPerPixel")) or 1,
-                    bits_allocated=_int(ds.get("BitsAllocated")) or 8,
-                    photometric=str(ds.get("PhotometricInterpretation", "")),
+                    frames=_int(body, "00280008") or 1,
+                    rows=_int(body, "00280010") or 0, columns=_int(body, "00280011") or 0,
+                    samples=_int(body, "00280002") or 1,
+                    bits_allocated=_int(body, "00280100") or 8,
+                    photometric=_text(body, "00280004"),
                 )
-            metadata = _metadata(ds, uids, pixel, bulk)
             if syntax == DeflatedExplicitVRLittleEndian:
                 bulk.clear()  # offsets lie in the inflated stream, not in the file
         except UnreadableInstance:
@@ -113,7 +115,7 @@ def read_header(path: Path) -> InstanceHeader:
             # sequence makes pydicom raise struct.error, zlib.error or OSError ("No tag to read").
             raise UnreadableInstance(f"cannot parse the dataset: {exc}") from None
     sop_class, sop_uid, study_uid, series_uid = uids
-    patient_name = ds.get("PatientName")
+    patient_name = _person_name(body, "00100010")
     alphabetic, ideographic, phonetic = names.groups(patient_name)
     return InstanceHeader(
         sop_class_uid=sop_class,
@@ -123,38 +125,38 @@ def read_header(path: Path) -> InstanceHeader:
         transfer_syntax=str(syntax),
         meta_sop_uid=str(ds.file_meta.get("MediaStorageSOPInstanceUID", "") or ""),
         patient={
-            "patient_id": _text(ds, "PatientID"),
-            "issuer": _text(ds, "IssuerOfPatientID"),
-            "patient_name": str(patient_name or ""),
+            "patient_id": _text(body, "00100020"),
+            "issuer": _text(body, "00100021"),
+            "patient_name": patient_name,
             "name_alphabetic": alphabetic,
             "name_ideographic": ideographic,
             "name_phonetic": phonetic,
-            "birth_date": _text(ds, "PatientBirthDate"),
-            "sex": _text(ds, "PatientSex"),
+            "birth_date": _text(body, "00100030"),
+            "sex": _text(body, "00100040"),
         },
         study={
-            "study_date": _text(ds, "StudyDate"),
-            "study_time": _text(ds, "StudyTime"),
-            "accession_number": _text(ds, "AccessionNumber"),
-            "study_id": _text(ds, "StudyID"),
-            "study_description": _text(ds, "StudyDescription"),
-            "referring_physician": names.groups(ds.get("ReferringPhysicianName"))[0],
+            "study_date": _text(body, "00080020"),
+            "study_time": _text(body, "00080030"),
+            "accession_number": _text(body, "00080050"),
+            "study_id": _text(body, "00200010"),
+            "study_description": _text(body, "00081030"),
+            "referring_physician": names.groups(_person_name(body, "00080090"))[0],
         },
         series={
-            "modality": _text(ds, "Modality"),
-            "series_number": _int(ds.get("SeriesNumber")),
-            "series_description": _text(ds, "SeriesDescription"),
-            "body_part": _text(ds, "BodyPartExamined"),
-            "performed_date": _text(ds, "PerformedProcedureStepStartDate"),
-            "performed_time": _text(ds, "PerformedProcedureStepStartTime"),
+            "modality": _text(body, "00080060"),
+            "series_number": _int(body, "00200011"),
+            "series_description": _text(body, "0008103E"),
+            "body_part": _text(body, "00180015"),
+            "performed_date": _text(body, "00400244"),
+            "performed_time": _text(body, "00400245"),
         },
         instance={
-            "instance_number": _int(ds.get("InstanceNumber")),
-            "rows": _int(ds.get("Rows")),
-            "columns": _int(ds.get("Columns")),
-            "number_of_frames": _int(ds.get("NumberOfFrames")),
+            "instance_number": _int(body, "00200013"),
+            "rows": _int(body, "00280010"),
+            "columns": _int(body, "00280011"),
+            "number_of_frames": _int(body, "00280008"),
         },
-        metadata=metadata,
+        metadata=orjson.dumps(body),
         frames=frames,
         bulk=bulk,
     )
@@ -220,7 +222,7 @@ def _uids(ds: Dataset) -> tuple[str, str, str, str]:
 
 
 def _metadata(ds: Dataset, uids: tuple[str, str, str, str], pixel: tuple[int, str, int] | None,
-              bulk: dict[str, tuple[int, int]]) -> bytes:
+              bulk: dict[str, tuple[int, int]]) -> dict[str, Any]:
     _sop_class, sop_uid, study_uid, series_uid = uids
     bulk_base = ROOT_MARK + instance_path(study_uid, series_uid, sop_uid) + "/bulkdata"
     body = to_json(ds, bulk_base, bulk)
@@ -228,17 +230,32 @@ def _metadata(ds: Dataset, uids: tuple[str, str, str, str], pixel: tuple[int, st
         tag, vr, _length = pixel
         key = f"{tag:08X}"
         body[key] = {"vr": vr, "BulkDataURI": f"{bulk_base}/{key}"}
-    return orjson.dumps(body)
+    return body
 
 
-def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
-    if value is None:
+# The index's values are read from the instance's DICOM JSON, converted once.
+
+def _first(body: dict[str, Any], tag: str) -> Any:
+    values = body.get(tag, {}).get("Value")
+    return values[0] if values else None
+
+
+def _text(body: dict[str, Any], tag: str) -> str:
+    value = _first(body, tag)
+    return "" if value is None else str(value).strip()
+
+
+def _person_name(body: dict[str, Any], tag: str) -> str:
+    """The first name of a PN element in its DICOM form, ``Alphabetic=Ideographic=Phonetic``."""
+    value = _first(body, tag)
+    if not isinstance(value, dict):
         return ""
-    return str(value).strip()
+    groups = [value.get(group, "") for group in ("Alphabetic", "Ideographic", "Phonetic")]
+    return "=".join(groups).rstrip("=")
 
 
-def _int(value: Any) -> int | None:
+def _int(body: dict[str, Any], tag: str) -> int | None:
+    value = _first(body, tag)
     if value is None or value == "":
         return None
     try:
