@@ -125,6 +125,8 @@ class Config(Section):
     index: IndexConfig = IndexConfig()
     ingest: IngestConfig = IngestConfig()
     hospitals: list[Hospital] = []
+    #: Processes that serve DICOM and HTTP together; one uses one CPU core.
+    workers: int = Field(1, ge=1, le=64)
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Config":

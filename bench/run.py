@@ -54,6 +54,8 @@ minute or two and is not measured.
 Fairness. ``TCP_NODELAY=1`` is in the environment of every DCMTK process and of
 Orthanc (Debian's DCMTK keeps Nagle's algorithm on without it, and every
 message would wait about 40 ms); Huren sets it on its sockets itself.
+Both servers may use every core: Huren runs one worker process per core
+(``workers``), Orthanc its threads.
 ``storescu`` proposes only the presentation contexts its files need
 (``--required``), as a modality does. Orthanc runs without storage or HTTP
 compression (the client asks for ``Accept-Encoding: identity`` too), with its
@@ -472,6 +474,7 @@ class Huren(Server):
             "storage": {"backend": "filesystem", "path": str(self.workdir / "archive")},
             "index": {"url": f"sqlite:///{self.workdir / 'index.db'}"},
             "ingest": {"spool": str(self.workdir / "spool")},  # same disk: archived by rename
+            "workers": os.cpu_count() or 1,  # Orthanc's threads use every core too
         }
         # JSON is YAML, and quotes every path whatever characters it holds.
         (self.workdir / "huren.yaml").write_text(json.dumps(config, indent=2))

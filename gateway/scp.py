@@ -34,7 +34,23 @@ PREFERRED_SYNTAXES = [ts for ts in ALL_TRANSFER_SYNTAXES if ts not in UNCOMPRESS
 
 
 class NoDelayServer(ThreadedAssociationServer):
-    """An association server whose accepted sockets send without Nagle's delay."""
+    """An association server whose accepted sockets send without Nagle's delay.
+
+    Given a `listen_socket` (bound and listening, shared by forked workers), it
+    accepts on that instead of binding its own.
+    """
+
+    def __init__(self, *args, listen_socket: socket.socket | None = None, **kwargs) -> None:
+        self._listen_socket = listen_socket
+        super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        if self._listen_socket is None:
+            super().server_bind()
+            return
+        self.socket.close()
+        self.socket = self._listen_socket
+        self.server_address = self.socket.getsockname()
 
     def get_request(self):
         client, address = super().get_request()
@@ -60,8 +76,11 @@ def build_ae(config: Config) -> AE:
     return ae
 
 
-def start(config: Config, ingest: Ingest) -> NoDelayServer:
-    """Start listening in background threads; stop with ``server.shutdown()``."""
+def start(config: Config, ingest: Ingest, listen_socket: socket.socket | None = None) -> NoDelayServer:
+    """Start listening in background threads; stop with ``server.shutdown()``.
+
+    Accepts on `listen_socket` when given, else binds the configured address.
+    """
     ae = build_ae(config)
     handlers = [
         (evt.EVT_C_STORE, handle_store, [ingest, config]),
@@ -71,7 +90,8 @@ def start(config: Config, ingest: Ingest) -> NoDelayServer:
         (evt.EVT_REJECTED, _log_association, ["rejected", config]),
     ]
     server = ae.make_server(
-        (config.dicom.host, config.dicom.port), evt_handlers=handlers, server_class=NoDelayServer
+        (config.dicom.host, config.dicom.port), evt_handlers=handlers, server_class=NoDelayServer,
+        listen_socket=listen_socket,
     )
     threading.Thread(target=server.serve_forever, name="dimse", daemon=True).start()
     log.info("DIMSE listening", extra={"ae": config.dicom.ae_title, "port": server.server_address[1]})

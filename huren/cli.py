@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from archive.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from archive.index.database import Database
 
 log = logging.getLogger("huren")
 
@@ -37,14 +43,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(config: Config, log_level: str = "INFO") -> int:
     """Open the archive, start both doors, and serve until SIGINT/SIGTERM."""
-    import uvicorn
-
     from archive.index.database import Database
-    from archive.ingest import Ingest
-    from archive.storage import open_store
-    from dicomweb.app import build_app
-    from gateway import scp
-    from huren import logs
+    from huren import logs, workers
 
     logs.setup(log_level)
     spool = config.ingest.spool.resolve()
@@ -54,21 +54,45 @@ def run(config: Config, log_level: str = "INFO") -> int:
     tempfile.tempdir = str(spool)
     db = Database(config.index.url, config.index.pool_size)
     db.migrate()
+    if config.workers == 1:
+        _serve(config, spool, db)
+        return 0
+    db.dispose()  # each worker opens its own connections
+    dimse_socket = workers.listen(config.dicom.host, config.dicom.port)
+    http_socket = workers.listen(config.http.host, config.http.port)
+    return workers.supervise(config.workers, lambda _slot: _serve(
+        config, spool, Database(config.index.url, config.index.pool_size), dimse_socket, http_socket,
+    ))
+
+
+def _serve(config: Config, spool: Path, db: "Database", dimse_socket: socket.socket | None = None,
+           http_socket: socket.socket | None = None) -> None:
+    """Serve DICOM and HTTP in this process until SIGINT/SIGTERM, on the given sockets if any."""
+    import uvicorn
+
+    from archive.ingest import Ingest
+    from archive.storage import open_store
+    from dicomweb.app import build_app
+    from gateway import scp
+
     store = open_store(config)
     ingest = Ingest(db, store, config.ingest.on_conflict)
-    dimse = scp.start(config, ingest)
+    dimse = scp.start(config, ingest, dimse_socket)
     app = build_app(config, db, store, ingest, spool)
     server = uvicorn.Server(uvicorn.Config(
         app, host=config.http.host, port=config.http.port, log_config=None,
         access_log=False, timeout_keep_alive=30,
     ))
     log.info("DICOMweb listening", extra={"port": config.http.port, "root": config.http.dicomweb_root})
+    # uvicorn stops on SIGINT/SIGTERM, then raises the signal again for the handler
+    # it found: a no-op one lets the DICOM side shut down after it.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: None)
     try:
-        server.run()
+        server.run(sockets=None if http_socket is None else [http_socket])
     finally:
         dimse.shutdown()
         db.dispose()
-    return 0
 
 
 def _sweep(spool: Path, older_than: float = 3600.0) -> None:
