@@ -6,6 +6,7 @@ Every storage SOP class is accepted in every transfer syntax pynetdicom knows
 
 from __future__ import annotations
 
+import copy
 import logging
 import socket
 import threading
@@ -14,6 +15,7 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.events import Event
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -33,6 +35,29 @@ UNCOMPRESSED = [ExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEnd
 PREFERRED_SYNTAXES = [ts for ts in ALL_TRANSFER_SYNTAXES if ts not in UNCOMPRESSED] + UNCOMPRESSED
 
 
+class _SharedContext(PresentationContext):
+    """A presentation context whose deep copy shares its immutable UIDs.
+
+    pynetdicom deep-copies the acceptor's contexts for every association so
+    that negotiation cannot change them; ours are 170 storage SOP classes times
+    every transfer syntax, and copying each UID made accepting an association
+    cost over 100 ms. New lists over the same UIDs protect them just as well.
+    """
+
+    def __deepcopy__(self, memo: dict) -> "_SharedContext":
+        twin = copy.copy(self)
+        for name, value in vars(self).items():
+            if isinstance(value, list):
+                setattr(twin, name, list(value))
+        return twin
+
+    @classmethod
+    def of(cls, context: PresentationContext) -> "_SharedContext":
+        twin = cls.__new__(cls)
+        vars(twin).update(vars(context))
+        return twin
+
+
 class NoDelayServer(ThreadedAssociationServer):
     """An association server whose accepted sockets send without Nagle's delay.
 
@@ -43,6 +68,7 @@ class NoDelayServer(ThreadedAssociationServer):
     def __init__(self, *args, listen_socket: socket.socket | None = None, **kwargs) -> None:
         self._listen_socket = listen_socket
         super().__init__(*args, **kwargs)
+        self.contexts = [_SharedContext.of(context) for context in self.contexts]
 
     def server_bind(self) -> None:
         if self._listen_socket is None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from dicomweb_client.api import DICOMwebClient
 from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
 from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import CTImageStorage
@@ -187,3 +188,21 @@ def test_names_in_every_character_set(huren: Huren, tmp_path: Path, charset, nam
     assert result.returncode == 0, result.stderr
     found = client(huren).search_for_studies(search_filters={"PatientName": query})
     assert [r["00100010"]["Value"][0] for r in found] == [expected]
+
+
+def test_each_association_negotiates_from_the_same_contexts(huren: Huren) -> None:
+    """Associations share the acceptor's contexts without copying their UIDs; one
+    negotiation must not change what the next is offered."""
+    for proposed in ([JPEG2000Lossless], [ImplicitVRLittleEndian], [JPEG2000Lossless],
+                     [ImplicitVRLittleEndian, ExplicitVRLittleEndian]):
+        ae = AE(ae_title="STORESCU")
+        ae.add_requested_context(CTImageStorage, proposed)
+        assoc = ae.associate("127.0.0.1", huren.dicom_port, ae_title="HUREN")
+        try:
+            assert assoc.is_established
+            [accepted] = assoc.accepted_contexts
+            # The encoded syntax if proposed, else Explicit VR Little Endian (scp.PREFERRED_SYNTAXES).
+            wanted = ExplicitVRLittleEndian if ExplicitVRLittleEndian in proposed else proposed[0]
+            assert accepted.transfer_syntax == [wanted]
+        finally:
+            assoc.release()
