@@ -35,8 +35,9 @@ benchmark one commit while the tree changes, run from an export of it
 5. WADO-RS study metadata of the CT study (the first request, then the median
    of the following ones) and retrieval of the thin series as
    ``multipart/related; type="application/dicom"`` read to the end (MB/s).
-6. Peak resident memory (VmHWM in /proc) of the server process and its
-   children.
+6. Peak memory of the server process and its children: the sum of their
+   PSS (proportional set size, so pages forked workers share count once),
+   sampled every 0.25 s from the moment the server is ready.
 7. In the first ``--big-rounds`` rounds (default 1): the index is topped up to
    ``--big`` (100,000) studies, and steps 4 and 6 are repeated.
 
@@ -305,20 +306,36 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def peak_rss_mib(pid: int) -> float:
-    """Sum of VmHWM (peak resident set) over `pid` and its descendants, in MiB."""
+def memory_mib(pid: int) -> float:
+    """Memory of `pid` and its descendants now: the sum of their PSS, in MiB.
+
+    PSS (proportional set size) counts a page shared by n processes as 1/n in
+    each, so forked workers that share their code are not counted n times over,
+    as summed RSS would count them.
+    """
     total_kib = 0
     for member in process_tree(pid):
         try:
-            for line in Path(f"/proc/{member}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
+            for line in Path(f"/proc/{member}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
                     total_kib += int(line.split()[1])
         except OSError:
             pass
     return total_kib / 1024
 
 
-# --------------------------------------------------------------------------- servers
+class MemoryWatch(threading.Thread):
+    """Samples :func:`memory_mib` of a server every `interval` seconds and keeps the peak."""
+
+    def __init__(self, pid: int, interval: float = 0.25) -> None:
+        super().__init__(name=f"memory-{pid}", daemon=True)
+        self.pid, self.interval = pid, interval
+        self.peak = 0.0
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            self.peak = max(self.peak, memory_mib(self.pid))
 
 
 class Server:
@@ -336,6 +353,7 @@ class Server:
         while self.http_port == self.dicom_port:
             self.http_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.memory: MemoryWatch | None = None
         self.log_path = workdir / "server.log"
 
     @property
@@ -371,6 +389,8 @@ class Server:
                 raise RuntimeError(f"{self.name} exited with status {self.process.returncode} "
                                    f"while starting:\n{self.log_tail()}")
             if self.is_ready():
+                self.memory = MemoryWatch(self.process.pid)
+                self.memory.start()
                 return
             time.sleep(0.2)
         raise RuntimeError(f"{self.name} not ready after {self.startup_timeout:.0f} s:\n{self.log_tail()}")
@@ -382,9 +402,10 @@ class Server:
             return False
         return response.status_code == 200 and port_open(self.dicom_port)
 
-    def peak_rss_mib(self) -> float:
-        assert self.process is not None
-        return peak_rss_mib(self.process.pid)
+    def peak_memory_mib(self) -> float:
+        """The highest memory (PSS) seen since the server became ready."""
+        assert self.memory is not None
+        return max(self.memory.peak, memory_mib(self.memory.pid))
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -397,6 +418,8 @@ class Server:
         """Stop the server's process group (only what we started), then forget it."""
         process, self.process = self.process, None
         _RUNNING.discard(self)
+        if self.memory is not None:
+            self.memory.stopped.set()
         if process is None or process.poll() is not None:
             return
         for sig, wait in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 10.0)):
@@ -659,10 +682,10 @@ def rows_for(settings: Settings) -> list[Row]:
         Row("meta_first", f"WADO-RS study metadata ({thin + thick} instances), first request", "ms", "lower"),
         Row("meta", f"WADO-RS study metadata ({thin + thick} instances), median", "ms", "lower"),
         Row("retrieve_mbs", f"WADO-RS retrieve thin series ({thin} instances)", "MB/s", "higher"),
-        Row("rss_small", f"Peak RSS of the server @ {settings.tiny:,} studies", "MiB", "lower"),
+        Row("memory_small", f"Peak memory (PSS) of the server @ {settings.tiny:,} studies", "MiB", "lower"),
     ]
     if settings.tops_up:
-        rows.append(Row("rss_big", f"Peak RSS of the server @ {settings.big:,} studies", "MiB", "lower"))
+        rows.append(Row("memory_big", f"Peak memory (PSS) of the server @ {settings.big:,} studies", "MiB", "lower"))
     return rows
 
 
@@ -715,11 +738,11 @@ class Measurements:
         self.qido("small")
         self.step("WADO-RS metadata", self.metadata)
         self.step("WADO-RS retrieve", self.retrieve)
-        self.step("peak RSS", lambda: self.rss("rss_small"))
+        self.step("peak memory", lambda: self.memory("memory_small"))
         if big and self.settings.tops_up:
             self.step("top up tiny studies", self.top_up)
             self.qido("big")
-            self.step("peak RSS (big)", lambda: self.rss("rss_big"))
+            self.step("peak memory (big)", lambda: self.memory("memory_big"))
 
     def store(self, files: list[Path], associations: int, key: str | None, what: str) -> None:
         """C-STORE `files`; with `key`, record ``key_ips`` and ``key_mbs``."""
@@ -787,9 +810,9 @@ class Measurements:
         self.result.values["retrieve_mbs"] = statistics.median(expected / s for s, _ in runs) / MB
         self.say(f"retrieve: {runs[0][1] / MB:.1f} MB at {self.result.values['retrieve_mbs']:.0f} MB/s")
 
-    def rss(self, key: str) -> None:
-        self.result.values[key] = self.server.peak_rss_mib()
-        self.say(f"peak RSS: {self.result.values[key]:.0f} MiB")
+    def memory(self, key: str) -> None:
+        self.result.values[key] = self.server.peak_memory_mib()
+        self.say(f"peak memory: {self.result.values[key]:.0f} MiB")
 
 
 def run_server_round(kind: type[Server], workdir: Path, corpus: Corpus, settings: Settings,

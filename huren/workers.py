@@ -29,10 +29,19 @@ def listen(host: str, port: int) -> socket.socket:
     """A listening TCP socket that forked workers accept on.
 
     Non-blocking, so a worker that loses the race for a connection goes back
-    to waiting instead of blocking in ``accept``.
+    to waiting instead of blocking in ``accept``. The protocol is named, not
+    left 0: asyncio turns Nagle's algorithm off only on sockets that say TCP,
+    and without that every HTTP answer on a kept-alive connection waits ~40 ms.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=128)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
     sock.setblocking(False)
     return sock
 
