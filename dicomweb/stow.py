@@ -2,7 +2,8 @@
 
 The body (``multipart/related; type="application/dicom"``) is spooled part by
 part to files, never held in memory, and each part goes through the same
-ingest call as C-STORE. The answer lists stored instances in
+ingest call as C-STORE, a few at a time so that one part's parsing overlaps
+another's fsyncs. The answer lists stored instances in
 ReferencedSOPSequence and refused ones in FailedSOPSequence with the same
 failure codes C-STORE answers with.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -27,6 +30,7 @@ from dicomweb.urls import root_url
 log = logging.getLogger("huren.stow")
 DICOM = "application/dicom"
 PREAMBLE = b"\0" * 128 + b"DICM"
+PARALLEL_PARTS = 4  # parts of one request archived at once
 
 
 async def store(request: Request) -> Response:
@@ -74,20 +78,22 @@ async def store(request: Request) -> Response:
 
 def _ingest_all(ingest: Ingest, parts: list[Part], source: Source,
                 study: str | None) -> list[Stored | IngestError]:
-    outcomes: list[Stored | IngestError] = []
-    for part in parts:
-        if part.content_type not in ("", DICOM):
-            os.unlink(part.path)
-            outcomes.append(IngestError(Failure.CANNOT_UNDERSTAND,
-                                        f"part of type {part.content_type} is not {DICOM}"))
-            continue
-        try:
-            _as_part10(part.path)
-            outcomes.append(ingest.ingest(part.path, source, expected_study=study))
-        except IngestError as exc:
-            log.warning("STOW-RS refused: %s", exc, extra={"sop": exc.sop_uid, "door": "stow"})
-            outcomes.append(exc)
-    return outcomes
+    if len(parts) == 1:
+        return [_ingest_part(ingest, source, study, parts[0])]
+    with ThreadPoolExecutor(min(PARALLEL_PARTS, len(parts)), thread_name_prefix="stow") as pool:
+        return list(pool.map(partial(_ingest_part, ingest, source, study), parts))
+
+
+def _ingest_part(ingest: Ingest, source: Source, study: str | None, part: Part) -> Stored | IngestError:
+    if part.content_type not in ("", DICOM):
+        os.unlink(part.path)
+        return IngestError(Failure.CANNOT_UNDERSTAND, f"part of type {part.content_type} is not {DICOM}")
+    try:
+        _as_part10(part.path)
+        return ingest.ingest(part.path, source, expected_study=study)
+    except IngestError as exc:
+        log.warning("STOW-RS refused: %s", exc, extra={"sop": exc.sop_uid, "door": "stow"})
+        return exc
 
 
 def _as_part10(path: Path) -> None:

@@ -2,13 +2,16 @@
 
 SQLite runs in WAL mode with full synchronous commits (a committed row
 survives power loss) and takes the write lock at BEGIN, so concurrent
-associations queue instead of failing with "database is locked".
+associations queue instead of failing with "database is locked". Writers in
+one process queue on a lock of ours first: SQLite's own busy handler waits by
+sleeping, up to 100 ms a turn, where a lock hands over at once.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from alembic import command
@@ -25,6 +28,7 @@ class Database:
     def __init__(self, url: str, pool_size: int = 8) -> None:
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        self._writer = threading.Lock() if self.is_sqlite else nullcontext()
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -55,7 +59,7 @@ class Database:
     @contextmanager
     def writing(self) -> Iterator[Connection]:
         """A transaction that commits when the block ends and rolls back on error."""
-        with self.engine.connect() as connection:
+        with self._writer, self.engine.connect() as connection:
             if self.is_sqlite:
                 connection = connection.execution_options(sqlite_begin="BEGIN IMMEDIATE")
             with connection.begin():
