@@ -43,12 +43,10 @@ benchmark one commit while the tree changes, run from an export of it
 
 Why the sizes and the top-up are what they are: the top-up is sent with STOW-RS
 (500 instances per request, the request bodies read from disk while the clock
-runs), not C-STORE, because on the 2-core reference machine Huren archives tiny
-instances at about 40-55/s over C-STORE and about 75/s over STOW-RS: 98,000
-C-STOREs alone would take 30-40 minutes and the whole run over an hour. With
-STOW-RS, Huren's top-up takes about 21 minutes, Orthanc's about 9, generating
-the 100,000 tiny studies about 3, and the full run (three rounds, 100,000
-studies in the first only) about 45 minutes. Rounds 2 and 3 stop at 2,000
+runs), the door a bulk import would use; its rate is a row of the table. On
+the 2-core reference machine Huren's top-up takes about 10 minutes, Orthanc's
+about 7, generating the 100,000 tiny studies about 3, and the full run (three
+rounds, 100,000 studies in the first only) about 25 minutes. Rounds 2 and 3 stop at 2,000
 studies. Deleting a server's storage after the 100,000-study round takes a
 minute or two and is not measured.
 
