@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import socket
+import socketserver
 import threading
 
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -61,8 +62,8 @@ class _SharedContext(PresentationContext):
 class NoDelayServer(ThreadedAssociationServer):
     """An association server whose accepted sockets send without Nagle's delay.
 
-    Given a `listen_socket` (bound and listening, shared by forked workers), it
-    accepts on that instead of binding its own.
+    Given a `listen_socket` (bound and listening, perhaps shared by forked
+    workers), it accepts on that instead of binding its own.
     """
 
     def __init__(self, *args, listen_socket: socket.socket | None = None, **kwargs) -> None:
@@ -77,6 +78,23 @@ class NoDelayServer(ThreadedAssociationServer):
         self.socket.close()
         self.socket = self._listen_socket
         self.server_address = self.socket.getsockname()
+
+    def server_close(self) -> None:
+        if self._listen_socket is None:
+            super().server_close()
+        else:
+            # Close this process's handle only: pynetdicom's shutdown(SHUT_RDWR) would
+            # stop every worker sharing the socket from accepting.
+            self.socket.close()
+
+    def shutdown(self) -> None:
+        """Stop serving and close the socket.
+
+        pynetdicom's own also takes the server off its AE's list, where only
+        servers the AE started itself are, and fails for one made by ``make_server``.
+        """
+        socketserver.BaseServer.shutdown(self)
+        self.server_close()
 
     def get_request(self):
         client, address = super().get_request()
@@ -115,10 +133,13 @@ def start(config: Config, ingest: Ingest, listen_socket: socket.socket | None = 
         (evt.EVT_ABORTED, _log_association, ["aborted", config]),
         (evt.EVT_REJECTED, _log_association, ["rejected", config]),
     ]
-    server = ae.make_server(
-        (config.dicom.host, config.dicom.port), evt_handlers=handlers, server_class=NoDelayServer,
-        listen_socket=listen_socket,
-    )
+    address = (config.dicom.host, config.dicom.port)
+    try:
+        server = ae.make_server(address, evt_handlers=handlers, server_class=NoDelayServer,
+                                listen_socket=listen_socket)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot listen for DICOM on {address[0]}:{address[1]}: "
+                                 f"{exc.strerror}") from None
     threading.Thread(target=server.serve_forever, name="dimse", daemon=True).start()
     log.info("DIMSE listening", extra={"ae": config.dicom.ae_title, "port": server.server_address[1]})
     return server

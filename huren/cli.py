@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import signal
 import socket
@@ -38,7 +39,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.config}: OK ({config.storage.backend} storage, "
               f"{config.index.url.split(':', 1)[0]} index, {len(config.hospitals)} hospitals)")
         return 0
-    return run(config, args.log_level)
+    try:
+        return run(config, args.log_level)
+    except OSError as exc:
+        if exc.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise
+        print(f"huren: {exc.strerror}", file=sys.stderr)  # a port taken, privileged or not ours
+        return 1
 
 
 def run(config: Config, log_level: str = "INFO") -> int:
@@ -54,20 +61,20 @@ def run(config: Config, log_level: str = "INFO") -> int:
     tempfile.tempdir = str(spool)
     db = Database(config.index.url, config.index.pool_size)
     db.migrate()
+    dimse_socket = workers.listen(config.dicom.host, config.dicom.port, "DICOM")
+    http_socket = workers.listen(config.http.host, config.http.port, "HTTP")
     if config.workers == 1:
-        _serve(config, spool, db)
+        _serve(config, spool, db, dimse_socket, http_socket)
         return 0
     db.dispose()  # each worker opens its own connections
-    dimse_socket = workers.listen(config.dicom.host, config.dicom.port)
-    http_socket = workers.listen(config.http.host, config.http.port)
     return workers.supervise(config.workers, lambda _slot: _serve(
         config, spool, Database(config.index.url, config.index.pool_size), dimse_socket, http_socket,
     ))
 
 
-def _serve(config: Config, spool: Path, db: "Database", dimse_socket: socket.socket | None = None,
-           http_socket: socket.socket | None = None) -> None:
-    """Serve DICOM and HTTP in this process until SIGINT/SIGTERM, on the given sockets if any."""
+def _serve(config: Config, spool: Path, db: "Database", dimse_socket: socket.socket,
+           http_socket: socket.socket) -> None:
+    """Serve DICOM and HTTP on the listening sockets in this process until SIGINT/SIGTERM."""
     import uvicorn
 
     from archive.ingest import Ingest
@@ -89,7 +96,7 @@ def _serve(config: Config, spool: Path, db: "Database", dimse_socket: socket.soc
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: None)
     try:
-        server.run(sockets=None if http_socket is None else [http_socket])
+        server.run(sockets=[http_socket])
     finally:
         dimse.shutdown()
         db.dispose()

@@ -25,8 +25,8 @@ log = logging.getLogger("huren")
 RESTART_DELAY = 1.0  # seconds before a dead worker is replaced, so a crash loop cannot spin
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """A listening TCP socket that forked workers accept on.
+def listen(host: str, port: int, what: str) -> socket.socket:
+    """A listening TCP socket for the serving process, or for all its forked workers.
 
     Non-blocking, so a worker that loses the race for a connection goes back
     to waiting instead of blocking in ``accept``. The protocol is named, not
@@ -39,9 +39,9 @@ def listen(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(128)
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise OSError(exc.errno, f"cannot listen for {what} on {host}:{port}: {exc.strerror}") from None
     sock.setblocking(False)
     return sock
 

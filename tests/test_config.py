@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from archive.config import ConfigError, S3Storage, load_config
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,6 +50,7 @@ def test_s3_section(tmp_path: Path) -> None:
     ("storage: {backend: s3}\n", "storage.bucket"),
     ("index: {url: 'mysql://x'}\n", "index.url"),
     ("ingest: {on_conflict: overwrite}\n", "ingest.on_conflict"),
+    ("workers: 0\n", "workers"),
     ("http: {dicomweb_root: dicom-web}\n", "http.dicomweb_root"),
     ("hospitals: [{id: a, name: A, ae_titles: [CT]}, {id: b, name: B, ae_titles: [CT]}]\n", "AE title 'CT'"),
     ("- just a list\n", "top level"),
@@ -81,3 +84,22 @@ def test_check_config_accepts_the_shipped_file() -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("door", ["dicom", "http"])
+def test_serve_names_a_port_it_cannot_listen_on(tmp_path: Path, workers: int, door: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = {"dicom": free_port(), "http": free_port(), door: taken.getsockname()[1]}
+        path = write(tmp_path, f"dicom: {{host: 127.0.0.1, port: {ports['dicom']}}}\n"
+                               f"http: {{port: {ports['http']}}}\n"
+                               f"index: {{url: 'sqlite:///{tmp_path}/index.db'}}\n"
+                               f"storage: {{backend: filesystem, path: {tmp_path}/archive}}\n"
+                               f"ingest: {{spool: {tmp_path}/spool}}\nworkers: {workers}\n")
+        result = subprocess.run([sys.executable, "-m", "huren", "serve", "--config", str(path)],
+                                capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"127.0.0.1:{ports[door]}" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -48,6 +48,15 @@ class Key:
     column: Any
 
 
+# Answers come in reading order: series by number within their study, instances by
+# number within their series (ix_instances_series), ties and studies by arrival.
+_ORDER = {
+    Level.STUDY: (studies.c.pk,),
+    Level.SERIES: (series.c.study_pk, series.c.series_number, series.c.pk),
+    Level.INSTANCE: (instances.c.series_pk, instances.c.instance_number, instances.c.pk),
+}
+
+
 def _t(keyword: str) -> int:
     tag = tag_for_keyword(keyword)
     assert tag is not None, keyword
@@ -178,7 +187,7 @@ def search(conn: Connection, query: Query, retrieve_base: str) -> list[dict[str,
                *([series.c.series_uid] if level is not Level.STUDY else []),
                *([instances.c.sop_uid, instances.c.metadata] if level is Level.INSTANCE else []))
         .select_from(joined).where(and_(true(), *conditions))
-        .order_by(target.c.pk).offset(query.offset)
+        .order_by(*_ORDER[level]).offset(query.offset)
     )
     if query.limit is not None:
         statement = statement.limit(query.limit)
