@@ -66,6 +66,8 @@ class NoDelayServer(ThreadedAssociationServer):
     workers), it accepts on that instead of binding its own.
     """
 
+    request_queue_size = 128  # socketserver's 5 refuses a burst of modalities connecting at once
+
     def __init__(self, *args, listen_socket: socket.socket | None = None, **kwargs) -> None:
         self._listen_socket = listen_socket
         super().__init__(*args, **kwargs)
