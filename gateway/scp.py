@@ -62,32 +62,27 @@ class _SharedContext(PresentationContext):
 class NoDelayServer(ThreadedAssociationServer):
     """An association server whose accepted sockets send without Nagle's delay.
 
-    Given a `listen_socket` (bound and listening, perhaps shared by forked
-    workers), it accepts on that instead of binding its own.
+    It accepts on the `listen_socket` it is given (bound and listening,
+    perhaps shared by forked workers) instead of binding its own.
     """
 
-    request_queue_size = 128  # socketserver's 5 refuses a burst of modalities connecting at once
-
-    def __init__(self, *args, listen_socket: socket.socket | None = None, **kwargs) -> None:
+    def __init__(self, *args, listen_socket: socket.socket, **kwargs) -> None:
         self._listen_socket = listen_socket
         super().__init__(*args, **kwargs)
         self.contexts = [_SharedContext.of(context) for context in self.contexts]
 
     def server_bind(self) -> None:
-        if self._listen_socket is None:
-            super().server_bind()
-            return
         self.socket.close()
         self.socket = self._listen_socket
         self.server_address = self.socket.getsockname()
 
+    def server_activate(self) -> None:
+        pass  # listening already, with the caller's backlog
+
     def server_close(self) -> None:
-        if self._listen_socket is None:
-            super().server_close()
-        else:
-            # Close this process's handle only: pynetdicom's shutdown(SHUT_RDWR) would
-            # stop every worker sharing the socket from accepting.
-            self.socket.close()
+        # Close this process's handle only: pynetdicom's shutdown(SHUT_RDWR) would
+        # stop every worker sharing the socket from accepting.
+        self.socket.close()
 
     def shutdown(self) -> None:
         """Stop serving and close the socket.
@@ -122,11 +117,8 @@ def build_ae(config: Config) -> AE:
     return ae
 
 
-def start(config: Config, ingest: Ingest, listen_socket: socket.socket | None = None) -> NoDelayServer:
-    """Start listening in background threads; stop with ``server.shutdown()``.
-
-    Accepts on `listen_socket` when given, else binds the configured address.
-    """
+def start(config: Config, ingest: Ingest, listen_socket: socket.socket) -> NoDelayServer:
+    """Start accepting on `listen_socket` in background threads; stop with ``server.shutdown()``."""
     ae = build_ae(config)
     handlers = [
         (evt.EVT_C_STORE, handle_store, [ingest, config]),
@@ -135,13 +127,8 @@ def start(config: Config, ingest: Ingest, listen_socket: socket.socket | None = 
         (evt.EVT_ABORTED, _log_association, ["aborted", config]),
         (evt.EVT_REJECTED, _log_association, ["rejected", config]),
     ]
-    address = (config.dicom.host, config.dicom.port)
-    try:
-        server = ae.make_server(address, evt_handlers=handlers, server_class=NoDelayServer,
-                                listen_socket=listen_socket)
-    except OSError as exc:
-        raise OSError(exc.errno, f"cannot listen for DICOM on {address[0]}:{address[1]}: "
-                                 f"{exc.strerror}") from None
+    server = ae.make_server(listen_socket.getsockname()[:2], evt_handlers=handlers,
+                            server_class=NoDelayServer, listen_socket=listen_socket)
     threading.Thread(target=server.serve_forever, name="dimse", daemon=True).start()
     log.info("DIMSE listening", extra={"ae": config.dicom.ae_title, "port": server.server_address[1]})
     return server

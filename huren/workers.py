@@ -38,7 +38,7 @@ def listen(host: str, port: int, what: str) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.listen(128)
+        sock.listen(128)  # room for a burst of modalities or viewers connecting at once
     except OSError as exc:
         sock.close()
         raise OSError(exc.errno, f"cannot listen for {what} on {host}:{port}: {exc.strerror}") from None
