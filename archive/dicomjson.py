@@ -193,3 +193,37 @@ def _is_bulk(raw: Any) -> bool:
         return raw.value is None or raw.length > BULK_THRESHOLD
     value = raw.value
     return isinstance(value, (bytes, bytearray)) and len(value) > BULK_THRESHOLD
+
+
+# Reading values back from DICOM JSON (the index's columns and the guideline's facts).
+
+def first_value(body: dict[str, Any], tag: str) -> Any:
+    """The first value of `tag` (``"00100020"``) in a DICOM JSON object, or ``None``."""
+    values = body.get(tag, {}).get("Value")
+    return values[0] if values else None
+
+
+def first_text(body: dict[str, Any], tag: str) -> str:
+    """The first value of `tag` as a stripped string; ``""`` when absent."""
+    value = first_value(body, tag)
+    return "" if value is None else str(value).strip()
+
+
+def person_name(body: dict[str, Any], tag: str) -> str:
+    """The first name of a PN element in its DICOM form, ``Alphabetic=Ideographic=Phonetic``."""
+    value = first_value(body, tag)
+    if not isinstance(value, dict):
+        return ""
+    groups = [value.get(group, "") for group in ("Alphabetic", "Ideographic", "Phonetic")]
+    return "=".join(groups).rstrip("=")
+
+
+def first_int(body: dict[str, Any], tag: str) -> int | None:
+    """The first value of an IS/US/… element as an integer; ``None`` when absent or not a number."""
+    value = first_value(body, tag)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

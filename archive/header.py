@@ -22,7 +22,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from archive import charsets, names  # noqa: F401  (charsets: decoding fixes)
-from archive.dicomjson import ROOT_MARK, instance_path, to_json
+from archive.dicomjson import ROOT_MARK, first_int, first_text, instance_path, person_name, to_json
+from archive.guideline.facts import instance_facts
 from archive.frames import (
     PIXEL_TAGS, UNDEFINED, FrameIndex, TruncatedPixelData, index_frames, read_pixel_header,
 )
@@ -95,11 +96,11 @@ def read_header(path: Path) -> InstanceHeader:
                 fp.seek(pixel_value)
                 frames = index_frames(
                     fp, little, pixel[2],
-                    frames=_int(body, "00280008") or 1,
-                    rows=_int(body, "00280010") or 0, columns=_int(body, "00280011") or 0,
-                    samples=_int(body, "00280002") or 1,
-                    bits_allocated=_int(body, "00280100") or 8,
-                    photometric=_text(body, "00280004"),
+                    frames=first_int(body, "00280008") or 1,
+                    rows=first_int(body, "00280010") or 0, columns=first_int(body, "00280011") or 0,
+                    samples=first_int(body, "00280002") or 1,
+                    bits_allocated=first_int(body, "00280100") or 8,
+                    photometric=first_text(body, "00280004"),
                 )
             if syntax == DeflatedExplicitVRLittleEndian:
                 bulk.clear()  # offsets lie in the inflated stream, not in the file
@@ -115,7 +116,7 @@ def read_header(path: Path) -> InstanceHeader:
             # sequence makes pydicom raise struct.error, zlib.error or OSError ("No tag to read").
             raise UnreadableInstance(f"cannot parse the dataset: {exc}") from None
     sop_class, sop_uid, study_uid, series_uid = uids
-    patient_name = _person_name(body, "00100010")
+    patient_name = person_name(body, "00100010")
     alphabetic, ideographic, phonetic = names.groups(patient_name)
     return InstanceHeader(
         sop_class_uid=sop_class,
@@ -125,36 +126,36 @@ def read_header(path: Path) -> InstanceHeader:
         transfer_syntax=str(syntax),
         meta_sop_uid=str(ds.file_meta.get("MediaStorageSOPInstanceUID", "") or ""),
         patient={
-            "patient_id": _text(body, "00100020"),
-            "issuer": _text(body, "00100021"),
+            "patient_id": first_text(body, "00100020"),
+            "issuer": first_text(body, "00100021"),
             "patient_name": patient_name,
             "name_alphabetic": alphabetic,
             "name_ideographic": ideographic,
             "name_phonetic": phonetic,
-            "birth_date": _text(body, "00100030"),
-            "sex": _text(body, "00100040"),
+            "birth_date": first_text(body, "00100030"),
+            "sex": first_text(body, "00100040"),
         },
         study={
-            "study_date": _text(body, "00080020"),
-            "study_time": _text(body, "00080030"),
-            "accession_number": _text(body, "00080050"),
-            "study_id": _text(body, "00200010"),
-            "study_description": _text(body, "00081030"),
-            "referring_physician": names.groups(_person_name(body, "00080090"))[0],
+            "study_date": first_text(body, "00080020"),
+            "study_time": first_text(body, "00080030"),
+            "accession_number": first_text(body, "00080050"),
+            "study_id": first_text(body, "00200010"),
+            "study_description": first_text(body, "00081030"),
+            "referring_physician": names.groups(person_name(body, "00080090"))[0],
         },
         series={
-            "modality": _text(body, "00080060"),
-            "series_number": _int(body, "00200011"),
-            "series_description": _text(body, "0008103E"),
-            "body_part": _text(body, "00180015"),
-            "performed_date": _text(body, "00400244"),
-            "performed_time": _text(body, "00400245"),
+            "modality": first_text(body, "00080060"),
+            "series_number": first_int(body, "00200011"),
+            "series_description": first_text(body, "0008103E"),
+            "body_part": first_text(body, "00180015"),
+            "performed_date": first_text(body, "00400244"),
+            "performed_time": first_text(body, "00400245"),
         },
         instance={
-            "instance_number": _int(body, "00200013"),
-            "rows": _int(body, "00280010"),
-            "columns": _int(body, "00280011"),
-            "number_of_frames": _int(body, "00280008"),
+            "instance_number": first_int(body, "00200013"),
+            "rows": first_int(body, "00280010"),
+            "columns": first_int(body, "00280011"),
+            "number_of_frames": first_int(body, "00280008"),
         },
         metadata=orjson.dumps(body),
         frames=frames,
@@ -231,34 +232,3 @@ def _metadata(ds: Dataset, uids: tuple[str, str, str, str], pixel: tuple[int, st
         key = f"{tag:08X}"
         body[key] = {"vr": vr, "BulkDataURI": f"{bulk_base}/{key}"}
     return body
-
-
-# The index's values are read from the instance's DICOM JSON, converted once.
-
-def _first(body: dict[str, Any], tag: str) -> Any:
-    values = body.get(tag, {}).get("Value")
-    return values[0] if values else None
-
-
-def _text(body: dict[str, Any], tag: str) -> str:
-    value = _first(body, tag)
-    return "" if value is None else str(value).strip()
-
-
-def _person_name(body: dict[str, Any], tag: str) -> str:
-    """The first name of a PN element in its DICOM form, ``Alphabetic=Ideographic=Phonetic``."""
-    value = _first(body, tag)
-    if not isinstance(value, dict):
-        return ""
-    groups = [value.get(group, "") for group in ("Alphabetic", "Ideographic", "Phonetic")]
-    return "=".join(groups).rstrip("=")
-
-
-def _int(body: dict[str, Any], tag: str) -> int | None:
-    value = _first(body, tag)
-    if value is None or value == "":
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
