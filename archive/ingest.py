@@ -46,6 +46,10 @@ class Failure(enum.Enum):
     DATASET_MISMATCH = 0xA900
     SOP_CLASS_NOT_SUPPORTED = 0x0122
     STUDY_MISMATCH = 0xC409
+    # A Series Instance UID names one series of one study (PS3.3 C.7.3.1); an
+    # instance putting it in another study is refused, never filed under either.
+    # Implementation-specific, in the "cannot understand" range Cxxx (PS3.4 B.2.3).
+    SERIES_OF_ANOTHER_STUDY = 0xC40A
     DUPLICATE_REJECTED = 0x0111
     OUT_OF_RESOURCES = 0xA700
     PROCESSING_FAILURE = 0x0110
@@ -60,6 +64,10 @@ class IngestError(Exception):
         self.failure = failure
         self.sop_class_uid = sop_class_uid
         self.sop_uid = sop_uid
+
+
+class _SeriesOfAnotherStudy(Exception):
+    """Raised inside the index transaction so that it rolls back."""
 
 
 class Outcome(enum.Enum):
@@ -120,7 +128,7 @@ class Ingest:
 
     def _ingest(self, path: Path, source: Source, expected_study: str | None,
                 check_meta: bool) -> Stored:
-        sha256 = _sha256(path)
+        sha256 = file_sha256(path)
         try:
             header = read_header(path)
         except UnreadableInstance as exc:
@@ -171,12 +179,21 @@ class Ingest:
             "frames": None if header.frames is None else orjson.dumps(header.frames).decode(),
             "bulk": orjson.dumps(header.bulk).decode() if header.bulk else None,
             "metadata": header.metadata,
+            "facts": header.facts,
             "hospital_id": source.hospital_id,
             "calling_ae": source.calling_ae,
             "received_at": datetime.now(timezone.utc),
         }
         try:
             self._index(header, source, row, replace=existing is not None)
+        except _SeriesOfAnotherStudy:
+            # The key holds this study's UID, so the object just put is nobody else's.
+            self.store.delete(blob.key)
+            owner = self._study_of_series(header.series_uid)
+            log.warning("series of another study refused", extra=_log_fields(header, source, owner=owner))
+            raise IngestError(Failure.SERIES_OF_ANOTHER_STUDY,
+                              f"Series Instance UID {header.series_uid} belongs to study {owner}, "
+                              f"not {header.study_uid}", **ids) from None
         except IntegrityError:
             # Another association archived the same SOP Instance UID a moment ago.
             again = self._existing(header.sop_uid)
@@ -197,6 +214,13 @@ class Ingest:
                 .where(instances.c.sop_uid == sop_uid)
             ).first()
 
+    def _study_of_series(self, series_uid: str) -> str:
+        with self.db.reading() as conn:
+            return conn.execute(
+                select(studies.c.study_uid).join(series, series.c.study_pk == studies.c.pk)
+                .where(series.c.series_uid == series_uid)
+            ).scalar_one_or_none() or "?"
+
     def _index(self, header: InstanceHeader, source: Source, row: dict, *, replace: bool) -> None:
         now = row["received_at"]
         patient = dict(header.patient)
@@ -206,11 +230,13 @@ class Ingest:
             study_pk = conn.execute(self._upserts[studies], {
                 "study_uid": header.study_uid, "patient_pk": patient_pk,
                 "hospital_id": source.hospital_id, "created_at": now, "updated_at": now,
-                **header.study,
+                "revision": 1, "judge_pending": True, **header.study,
             }).scalar_one()
-            series_pk = conn.execute(self._upserts[series], {
+            series_pk, owner = conn.execute(self._upserts[series], {
                 "series_uid": header.series_uid, "study_pk": study_pk, **header.series,
-            }).scalar_one()
+            }).one()
+            if owner != study_pk:
+                raise _SeriesOfAnotherStudy()
             row = {**row, "series_pk": series_pk}
             if replace:
                 conn.execute(update(instances).where(instances.c.sop_uid == header.sop_uid).values(row))
@@ -226,23 +252,34 @@ def _upserts(is_sqlite: bool) -> dict[Table, Insert]:
     """One statement per level that inserts a row, or finds the row already there, and
     returns its key — one round trip where select-insert-select took three.
 
-    The first instance of a patient, study or series sets its attributes; a
-    study's ``updated_at`` follows its newest instance. Built once: executed
-    with a parameter dict, SQLAlchemy reuses the compiled form.
+    The first instance of a patient, study or series sets its attributes. Each
+    instance bumps its study's revision and marks it for judging, and the
+    study's ``updated_at`` follows its newest instance (the quiet period counts
+    from it). A series answers with the study it belongs to, so an instance
+    naming a series of another study is caught. Built once: executed with a
+    parameter dict, SQLAlchemy reuses the compiled form.
     """
     insert = sqlite_insert if is_sqlite else pg_insert
     statements: dict[Table, Insert] = {}
-    for table, unique, touched in ((patients, ["patient_id", "id_scope"], "patient_id"),
-                                   (studies, ["study_uid"], "updated_at"),
-                                   (series, ["series_uid"], "series_uid")):
-        statement = insert(table)
-        statements[table] = statement.on_conflict_do_update(
-            index_elements=unique, set_={touched: statement.excluded[touched]},
-        ).returning(table.c.pk)
+    patient = insert(patients)
+    statements[patients] = patient.on_conflict_do_update(
+        index_elements=["patient_id", "id_scope"], set_={"patient_id": patient.excluded.patient_id},
+    ).returning(patients.c.pk)
+    study = insert(studies)
+    statements[studies] = study.on_conflict_do_update(
+        index_elements=["study_uid"],
+        set_={"updated_at": study.excluded.updated_at, "revision": studies.c.revision + 1,
+              "judge_pending": True},
+    ).returning(studies.c.pk)
+    serie = insert(series)
+    statements[series] = serie.on_conflict_do_update(
+        index_elements=["series_uid"], set_={"series_uid": serie.excluded.series_uid},
+    ).returning(series.c.pk, series.c.study_pk)
     return statements
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, as hex."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(1024 * 1024):

@@ -170,6 +170,23 @@ def test_study_mismatch(archive: Archive, tmp_path: Path) -> None:
     assert caught.value.failure is Failure.STUDY_MISMATCH
 
 
+def test_series_of_another_study_is_refused(archive: Archive) -> None:
+    """A Series Instance UID belongs to one study: an instance naming it under
+    another study is refused, and the first study is served as it was."""
+    first = instance(SeriesNumber=1)
+    archive.add(first)
+    intruder = instance(SeriesInstanceUID=first.SeriesInstanceUID)
+    with pytest.raises(IngestError) as caught:
+        archive.add(intruder)
+    assert caught.value.failure is Failure.SERIES_OF_ANOTHER_STUDY
+    assert first.StudyInstanceUID in str(caught.value)
+    assert archive.uids(StudyInstanceUID=intruder.StudyInstanceUID) == set()
+    assert archive.uids(Level.INSTANCE, SeriesInstanceUID=first.SeriesInstanceUID) == {first.SOPInstanceUID}
+    with archive.db.reading() as conn:
+        assert conn.execute(select(func.count()).select_from(studies)).scalar() == 1
+    assert len(list(archive.store.keys())) == 1  # the refused object was not left behind
+
+
 @pytest.fixture
 def populated(archive: Archive) -> dict[str, Any]:
     """Four studies with names in several character sets, dates and modalities."""

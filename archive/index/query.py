@@ -22,7 +22,8 @@ from sqlalchemy import ColumnElement, Connection, and_, exists, func, or_, selec
 
 from archive import names
 from archive.dicomjson import ROOT_MARK
-from archive.index.schema import instances, patients, series, studies
+from archive.guideline.verdict import summary_verdict
+from archive.index.schema import instances, item_results, judgements, patients, series, studies
 
 
 class Level(enum.Enum):
@@ -263,6 +264,7 @@ def _computed(conn: Connection, level: Level, pks: list[int]) -> dict[int, dict[
                 modalities.setdefault(pk, []).append(modality)
         for pk, values in modalities.items():
             computed[pk]["00080061"] = {"vr": "CS", "Value": values}
+        _guideline(conn, pks, computed)
     elif level is Level.SERIES:
         for pk, count in conn.execute(
             select(instances.c.series_pk, func.count()).where(instances.c.series_pk.in_(pks))
@@ -270,6 +272,44 @@ def _computed(conn: Connection, level: Level, pks: list[int]) -> dict[int, dict[
         ):
             computed[pk]["00201209"] = {"vr": "IS", "Value": [count]}
     return computed
+
+
+# The guideline's verdict on a study, as private attributes of study results
+# (PS3.5 §7.8): creator "HUREN GUIDELINE" in block 0x10 of group 0x0011.
+GUIDELINE_CREATOR = "HUREN GUIDELINE"
+GUIDELINE_TAGS = {
+    "creator": "00110010",   # LO: the private creator
+    "verdict": "00111001",   # CS: PASS, FAIL or NOT_APPLICABLE, over all rule sets
+    "marks": "00111002",     # CS: the recognition marks its exam items carry (JJJHR, BJHR)
+    "items": "00111003",     # LO: the exam item codes recognised in it
+}
+
+
+def _guideline(conn: Connection, pks: list[int], computed: dict[int, dict[str, Any]]) -> None:
+    """Add each judged study's verdict, marks and exam items (``GUIDELINE_TAGS``)."""
+    verdicts: dict[int, list[str]] = {}
+    for pk, verdict in conn.execute(
+        select(judgements.c.study_pk, judgements.c.verdict)
+        .where(judgements.c.study_pk.in_(pks), judgements.c.current.is_(True))
+    ):
+        verdicts.setdefault(pk, []).append(verdict)
+    items: dict[int, list[tuple[str, str | None]]] = {}
+    for pk, item, mark in conn.execute(
+        select(item_results.c.study_pk, item_results.c.item, item_results.c.mark)
+        .where(item_results.c.study_pk.in_(pks)).order_by(item_results.c.item)
+    ):
+        items.setdefault(pk, []).append((item, mark))
+    tags = GUIDELINE_TAGS
+    for pk, found in verdicts.items():
+        result = computed[pk]
+        result[tags["creator"]] = {"vr": "LO", "Value": [GUIDELINE_CREATOR]}
+        result[tags["verdict"]] = {"vr": "CS", "Value": [str(summary_verdict(found)).upper()]}
+        marks = sorted({mark for _item, mark in items.get(pk, []) if mark})
+        if marks:
+            result[tags["marks"]] = {"vr": "CS", "Value": marks}
+        codes = [item for item, _mark in items.get(pk, [])]
+        if codes:
+            result[tags["items"]] = {"vr": "LO", "Value": codes}
 
 
 def _condition(tag: int, value: str) -> ColumnElement[bool] | None:

@@ -8,8 +8,8 @@ DICOM JSON metadata and its pixel-data frame offsets, both made at ingest.
 from __future__ import annotations
 
 from sqlalchemy import (
-    BigInteger, Column, DateTime, ForeignKey, Index, Integer, LargeBinary, MetaData, String,
-    Table, Text, UniqueConstraint,
+    BigInteger, Boolean, Column, DateTime, ForeignKey, Index, Integer, LargeBinary, MetaData,
+    String, Table, Text, UniqueConstraint, false,
 )
 
 metadata = MetaData()
@@ -46,6 +46,15 @@ studies = Table(
     Column("referring_physician", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # Judging (archive.guideline.compliance): every archived instance bumps the
+    # revision and sets judge_pending; a judgement records the revision it saw,
+    # so an instance arriving mid-judgement leaves the study pending.
+    Column("revision", Integer, nullable=False, server_default="0"),
+    Column("judge_pending", Boolean, nullable=False, server_default=false()),
+    Column("judged_revision", Integer, nullable=True),
+    # A judging process's claim: until this time nobody else judges the study.
+    Column("claimed_until", DateTime(timezone=True), nullable=True),
+    Column("claimed_by", String(64), nullable=True),
 )
 
 series = Table(
@@ -81,9 +90,56 @@ instances = Table(
     Column("bulk", Text, nullable=True),
     # The instance's DICOM JSON (PS3.18 F.2), bulk data as BulkDataURI.
     Column("metadata", LargeBinary, nullable=False),
+    # JSON: the attributes the sharing guideline judges (archive.guideline.facts).
+    Column("facts", LargeBinary, nullable=True),
     Column("hospital_id", String(64), nullable=True),
     Column("calling_ae", String(16), nullable=True),
     Column("received_at", DateTime(timezone=True), nullable=False),
+)
+
+# A compliance record: one rule set's judgement of a study. Re-judging adds a
+# row and clears ``current`` on the one before, so the history is kept.
+judgements = Table(
+    "judgements", metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("study_pk", ForeignKey("studies.pk"), nullable=False),
+    Column("rule_set", String(64), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("verdict", String(16), nullable=False),
+    # JSON: archive.guideline.judge.Judgement.to_json() plus each item's mark.
+    Column("record", LargeBinary, nullable=False),
+    Column("judged_at", DateTime(timezone=True), nullable=False),
+    Column("current", Boolean, nullable=False),
+)
+
+# One row per exam item of each current judgement: what the recognition
+# look-up and the quality pages search, so they never parse records.
+item_results = Table(
+    "item_results", metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("judgement_pk", ForeignKey("judgements.pk"), nullable=False, index=True),
+    Column("study_pk", ForeignKey("studies.pk"), nullable=False, index=True),
+    Column("hospital_id", String(64), nullable=True),
+    Column("rule_set", String(64), nullable=False),
+    Column("item", String(64), nullable=False),
+    Column("verdict", String(16), nullable=False),
+    Column("mark", String(32), nullable=True),
+    Column("study_date", String(8), nullable=False),
+    # Space-separated rule ids of the item's failing findings.
+    Column("failed_rules", Text, nullable=False),
+    Column("judged_at", DateTime(timezone=True), nullable=False),
+)
+
+# Who a study's patient is, in every identifier it carries: PatientID with its
+# issuer (or, without one, the sending hospital's scope) and each
+# OtherPatientIDsSequence item that names its issuer (a resident ID number).
+# The same person's studies at different hospitals share one of these.
+study_identities = Table(
+    "study_identities", metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("study_pk", ForeignKey("studies.pk"), nullable=False, index=True),
+    Column("patient_id", String(64), nullable=False),
+    Column("issuer", String(128), nullable=False),
 )
 
 Index("ix_patients_patient_id", patients.c.patient_id)
@@ -95,3 +151,7 @@ Index("ix_studies_study_date", studies.c.study_date)
 Index("ix_studies_accession_number", studies.c.accession_number)
 Index("ix_series_modality", series.c.modality)
 Index("ix_instances_series", instances.c.series_pk, instances.c.instance_number)
+Index("ix_studies_judge_pending", studies.c.judge_pending, studies.c.updated_at)
+Index("ix_judgements_study", judgements.c.study_pk, judgements.c.current)
+Index("ix_item_results_hospital", item_results.c.hospital_id, item_results.c.item)
+Index("ix_study_identities_id", study_identities.c.patient_id, study_identities.c.issuer)
