@@ -54,6 +54,7 @@ class InstanceHeader:
     series: dict[str, Any]
     instance: dict[str, Any]
     metadata: bytes
+    facts: bytes          # JSON: what the sharing guideline may judge (archive.guideline.facts)
     frames: FrameIndex | None
     bulk: dict[str, tuple[int, int]]
 
@@ -158,6 +159,7 @@ def read_header(path: Path) -> InstanceHeader:
             "number_of_frames": first_int(body, "00280008"),
         },
         metadata=orjson.dumps(body),
+        facts=orjson.dumps(instance_facts(body)),
         frames=frames,
         bulk=bulk,
     )
