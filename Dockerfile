@@ -11,6 +11,7 @@ COPY huren ./huren
 RUN pip install --no-cache-dir .
 
 COPY conf/huren.yaml /etc/huren/huren.yaml
+COPY conf/guideline /etc/huren/guideline
 # Inside a container the DICOMweb listener must face the container's network.
 RUN sed -i 's/^  host: 127.0.0.1/  host: 0.0.0.0/' /etc/huren/huren.yaml \
     && useradd --system --home /var/lib/huren --create-home huren

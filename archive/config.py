@@ -3,16 +3,23 @@
 Every room reads its settings from :class:`Config`; nothing else parses YAML.
 Unknown keys are refused so that a misspelt setting never silently falls back
 to a default. Relative paths are taken from the working directory the
-``huren`` command runs in.
+``huren`` command runs in, but rule set files from the configuration file's
+folder, beside which they live.
 """
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator,
+)
+
+if TYPE_CHECKING:
+    from archive.guideline.rules import RuleSet
 
 AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[ -~]*[!-~][ -~]*$")]
 
@@ -109,11 +116,47 @@ class IngestConfig(Section):
 
 
 class Hospital(Section):
-    """A pilot hospital and the AE titles its modalities and PACS call from."""
+    """A pilot hospital: the AE titles its modalities and PACS call from, and
+    what decides whose results it recognises and who recognises its own."""
 
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     name: str = Field(min_length=1)
     ae_titles: list[AETitle] = []
+    # Hospital level (三级甲等 … 一级), one of the rule sets' recognition.levels.
+    level: str | None = None
+    # Region code (BJ, TJ, HE): a recognition scope covers some regions.
+    region: str | None = None
+    # Medical alliances (医联体) it belongs to; members recognise each other.
+    alliances: list[str] = []
+    # The pilot's exit mechanism: from `since`, a suspended or withdrawn
+    # hospital's results are no longer recognised.
+    status: Literal["active", "suspended", "withdrawn"] = "active"
+    since: datetime.date | None = None
+
+    @model_validator(mode="after")
+    def _dated_status(self) -> "Hospital":
+        if self.status != "active" and self.since is None:
+            raise ValueError(f"status {self.status!r} needs the date it took effect (since)")
+        return self
+
+    def recognised_on(self, day: datetime.date) -> bool:
+        """Whether this hospital's results count on `day` (not suspended or withdrawn by then)."""
+        return self.status == "active" or (self.since is not None and day < self.since)
+
+
+class GuidelineConfig(Section):
+    """The sharing guideline: which rule sets judge studies, and when."""
+
+    # Rule set files; relative paths are taken from the configuration file's
+    # folder (they live beside it, in conf/guideline/). None: studies are
+    # archived, not judged.
+    rule_sets: list[Path] = []
+    # A study is judged once no instance has arrived for this many seconds.
+    quiet_period: float = Field(60.0, ge=0)
+    # How often each process looks for studies that have become quiet.
+    poll_interval: float = Field(5.0, gt=0)
+    # A process that claimed a study and died leaves it to others after this long.
+    claim_timeout: float = Field(300.0, gt=0)
 
 
 class Config(Section):
@@ -125,8 +168,20 @@ class Config(Section):
     index: IndexConfig = IndexConfig()
     ingest: IngestConfig = IngestConfig()
     hospitals: list[Hospital] = []
+    guideline: GuidelineConfig = GuidelineConfig()
     #: Processes that serve DICOM and HTTP together; one uses one CPU core.
     workers: int = Field(1, ge=1, le=64)
+
+    _rule_sets: tuple["RuleSet", ...] = PrivateAttr(default=())
+
+    @property
+    def rule_sets(self) -> tuple["RuleSet", ...]:
+        """The loaded ``guideline.rule_sets`` (empty unless read by :func:`load_config`)."""
+        return self._rule_sets
+
+    def hospital(self, hospital_id: str | None) -> Hospital | None:
+        """The hospital with `hospital_id`, or ``None``."""
+        return next((h for h in self.hospitals if h.id == hospital_id), None)
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Config":
@@ -176,9 +231,53 @@ def load_config(path: str | Path) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     try:
-        return Config.model_validate(raw)
+        config = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{path}: " + "; ".join(_describe(err) for err in exc.errors())) from None
+    rule_sets = [path.parent / file for file in config.guideline.rule_sets]
+    config = config.model_copy(update={
+        "guideline": config.guideline.model_copy(update={"rule_sets": rule_sets}),
+    })
+    return config_with_rule_sets(config)
+
+
+def config_with_rule_sets(config: Config) -> Config:
+    """Load the rule sets `config` names into it (see :attr:`Config.rule_sets`).
+
+    Raises :class:`ConfigError` naming the file and key of a bad rule set.
+    """
+    config._rule_sets = tuple(_load_rule_sets(config))
+    return config
+
+
+def _load_rule_sets(config: Config) -> list["RuleSet"]:
+    """Load the guideline's rule sets and check them against the hospitals.
+
+    Raises :class:`ConfigError` naming the rule set file and key, or the
+    hospital and key, that is wrong.
+    """
+    from archive.guideline.rules import RuleSetError, load_rule_set
+
+    rule_sets = []
+    for path in config.guideline.rule_sets:
+        try:
+            rule_set = load_rule_set(path)
+        except RuleSetError as exc:
+            raise ConfigError(str(exc)) from None
+        known = {hospital.id for hospital in config.hospitals}
+        for n, assessment in enumerate(rule_set.assessments):
+            if assessment.hospital not in known:
+                raise ConfigError(f"{path}: assessments[{n}].hospital: unknown hospital "
+                                  f"{assessment.hospital!r} (not under hospitals)")
+        for n, hospital in enumerate(config.hospitals):
+            if hospital.level is not None and hospital.level not in rule_set.recognition.levels:
+                raise ConfigError(f"hospitals[{n}] ({hospital.id}).level: {hospital.level!r} is not "
+                                  f"a level of rule set {rule_set.id} ({path}): "
+                                  + ", ".join(rule_set.recognition.levels))
+        if any(other.id == rule_set.id for other in rule_sets):
+            raise ConfigError(f"{path}: id: rule set {rule_set.id!r} is listed twice")
+        rule_sets.append(rule_set)
+    return rule_sets
 
 
 def _describe(error: dict) -> str:

@@ -12,14 +12,16 @@ from starlette.routing import Mount, Route
 from sqlalchemy import text
 
 from archive.config import Config
+from archive.guideline.compliance import Compliance
 from archive.index.database import Database
 from archive.ingest import Ingest
 from archive.storage import BlobStore
-from dicomweb import bulkdata, qido, stow, wado
+from dicomweb import bulkdata, qido, quality, recognition, stow, wado
 from dicomweb.errors import error_response
 
 
-def build_app(config: Config, db: Database, store: BlobStore, ingest: Ingest, spool: Path) -> Starlette:
+def build_app(config: Config, db: Database, store: BlobStore, ingest: Ingest, spool: Path,
+              compliance: Compliance) -> Starlette:
     """The HTTP application over an opened index, blob store and ingest path."""
     study = "/studies/{study}"
     series = study + "/series/{series}"
@@ -43,7 +45,17 @@ def build_app(config: Config, db: Database, store: BlobStore, ingest: Ingest, sp
         Route(instance + "/bulkdata/{path:path}", bulkdata.bulkdata, methods=["GET"]),
     ]
     root = config.http.dicomweb_root
-    routes = [Route("/health", health, methods=["GET"])]
+    api = [
+        Route("/recognition", recognition.lookup, methods=["GET"]),
+        Route("/studies/{study}/compliance", recognition.compliance, methods=["GET"]),
+        Route("/studies/{study}/compliance", recognition.judge_now, methods=["POST"]),
+        Route("/quality", quality.report, methods=["GET"]),
+    ]
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/quality", quality.page, methods=["GET"]),
+        Mount("/api", routes=api),
+    ]
     routes += [Mount(root, routes=dicomweb)] if root else dicomweb
     app = Starlette(routes=routes, exception_handlers={HTTPException: error_response})
     app.state.config = config
@@ -51,6 +63,7 @@ def build_app(config: Config, db: Database, store: BlobStore, ingest: Ingest, sp
     app.state.store = store
     app.state.ingest = ingest
     app.state.spool = spool
+    app.state.compliance = compliance
     app.state.root = root
     return app
 

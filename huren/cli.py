@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from archive.config import Config, ConfigError, load_config
+from archive.config import Config, ConfigError, config_with_rule_sets, load_config
 
 if TYPE_CHECKING:
     from archive.index.database import Database
@@ -27,17 +27,42 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run the DIMSE listener and the DICOMweb server")
     serve.add_argument("--config", default="conf/huren.yaml", help="YAML configuration file")
     serve.add_argument("--log-level", default="INFO")
-    check = commands.add_parser("check-config", help="validate a configuration file")
-    check.add_argument("config")
+    check_config = commands.add_parser("check-config", help="validate a configuration file")
+    check_config.add_argument("config")
+    rules = commands.add_parser("guideline", help="the sharing guideline: check files, rejudge")
+    actions = rules.add_subparsers(dest="action", required=True)
+    judge = actions.add_parser("check", help="judge local DICOM files or folders, no server needed")
+    judge.add_argument("paths", nargs="+", metavar="PATH")
+    judge.add_argument("--config", default="conf/huren.yaml",
+                       help="configuration naming the rule sets (guideline.rule_sets)")
+    judge.add_argument("--rules", nargs="+", metavar="FILE", help="rule set files instead")
+    judge.add_argument("--json", action="store_true", help="print JSON for machines")
+    judge.add_argument("--lang", choices=("zh", "en"), default="zh")
+    rejudge = actions.add_parser("rejudge", help="re-judge every stored study after a rule edit")
+    rejudge.add_argument("--config", default="conf/huren.yaml", help="YAML configuration file")
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.config if args.command == "check-config" else args.config)
+        if args.command == "guideline" and args.action == "check" and args.rules:
+            config = config_with_rule_sets(Config(guideline={"rule_sets": args.rules}))
+        else:
+            config = load_config(args.config)
     except ConfigError as exc:
         print(f"huren: {exc}", file=sys.stderr)
         return 2
+    if args.command == "guideline":
+        from huren import guideline
+
+        if args.action == "rejudge":
+            return guideline.rejudge(config)
+        if not config.rule_sets:
+            print(f"huren: {args.config} names no rule sets (guideline.rule_sets); use --rules FILE",
+                  file=sys.stderr)
+            return 2
+        return guideline.check(args.paths, config.rule_sets, as_json=args.json, lang=args.lang)
     if args.command == "check-config":
         print(f"{args.config}: OK ({config.storage.backend} storage, "
-              f"{config.index.url.split(':', 1)[0]} index, {len(config.hospitals)} hospitals)")
+              f"{config.index.url.split(':', 1)[0]} index, {len(config.hospitals)} hospitals, "
+              f"rule sets: {', '.join(f'{r.id} ({len(r.items)} items)' for r in config.rule_sets) or 'none'})")
         return 0
     try:
         return run(config, args.log_level)
@@ -77,15 +102,19 @@ def _serve(config: Config, spool: Path, db: "Database", dimse_socket: socket.soc
     """Serve DICOM and HTTP on the listening sockets in this process until SIGINT/SIGTERM."""
     import uvicorn
 
+    from archive.guideline.compliance import Compliance
     from archive.ingest import Ingest
     from archive.storage import open_store
+    from huren.judging import JudgingLoop
     from dicomweb.app import build_app
     from gateway import scp
 
     store = open_store(config)
     ingest = Ingest(db, store, config.ingest.on_conflict)
+    compliance = Compliance(db, config)
     dimse = scp.start(config, ingest, dimse_socket)
-    app = build_app(config, db, store, ingest, spool)
+    app = build_app(config, db, store, ingest, spool, compliance)
+    judging = JudgingLoop(compliance, config.guideline.poll_interval).start() if config.rule_sets else None
     server = uvicorn.Server(uvicorn.Config(
         app, host=config.http.host, port=config.http.port, log_config=None,
         access_log=False, timeout_keep_alive=30,
@@ -98,6 +127,8 @@ def _serve(config: Config, spool: Path, db: "Database", dimse_socket: socket.soc
     try:
         server.run(sockets=[http_socket])
     finally:
+        if judging is not None:
+            judging.stop()
         dimse.shutdown()
         db.dispose()
 

@@ -24,8 +24,15 @@ import httpx
 import pytest
 import yaml
 
+from archive.index.database import Database
+from archive.index.query import Level, Query, parse_attribute, search
+from archive.ingest import Ingest, Source, Stored
+from archive.storage.filesystem import FilesystemStore
+from tests.factory import instance, write
+
 ROOT = Path(__file__).resolve().parent.parent
 PYDICOM_FILES = Path(__import__("pydicom").__file__).parent / "data" / "test_files"
+ROOT_URL = "http://archive.example/dicom-web"
 PG_ADMIN_URL = os.environ.get("HUREN_TEST_POSTGRES", "postgresql+psycopg://root@127.0.0.1:5432/test")
 
 
@@ -134,6 +141,41 @@ def huren_config(workdir: Path, *, storage: dict[str, Any] | None = None,
         else:
             config[name] = values
     return config
+
+
+class Archive:
+    """The archive in-process, without a server: an index, a folder store and the ingest path."""
+
+    source = Source("dimse", "hosp-a", "CT_A")
+
+    def __init__(self, url: str, folder: Path, on_conflict: str = "reject") -> None:
+        self.db = Database(url)
+        self.db.migrate()
+        self.store = FilesystemStore(folder / "archive")
+        self.ingest = Ingest(self.db, self.store, on_conflict)
+        self.folder = folder
+        self.count = 0
+
+    def add(self, ds: Any = None, path: Path | None = None, source: Source | None = None,
+            **attributes: Any) -> Stored:
+        """Ingest a dataset (or a copy of a file) and return the result."""
+        self.count += 1
+        staged = self.folder / f"staged-{self.count}.dcm"
+        if path is not None:
+            shutil.copy(path, staged)
+        else:
+            write(ds if ds is not None else instance(**attributes), staged)
+        return self.ingest.ingest(staged, source or self.source)
+
+    def find(self, level: Level = Level.STUDY, **matches: str) -> list[dict[str, Any]]:
+        query = Query(level=level, matches={parse_attribute(k): v for k, v in matches.items()},
+                      include=set())
+        with self.db.reading() as conn:
+            return search(conn, query, ROOT_URL)
+
+    def uids(self, level: Level = Level.STUDY, **matches: str) -> set[str]:
+        tag = {Level.STUDY: "0020000D", Level.SERIES: "0020000E", Level.INSTANCE: "00080018"}[level]
+        return {r[tag]["Value"][0] for r in self.find(level, **matches)}
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,45 +13,11 @@ from sqlalchemy import func, select
 from archive.index.database import Database
 from archive.index.query import Level, Query, QueryError, search
 from archive.index.schema import instances, patients, series, studies
-from archive.ingest import Failure, Ingest, IngestError, Outcome, Source
-from archive.storage.filesystem import FilesystemStore
-from tests.conftest import PYDICOM_FILES
+from archive.ingest import Failure, IngestError, Outcome
+from tests.conftest import PYDICOM_FILES, ROOT_URL, Archive
 from tests.factory import instance, write
 
-ROOT_URL = "http://archive.example/dicom-web"
-SOURCE = Source("dimse", "hosp-a", "CT_A")
-
-
-class Archive:
-    def __init__(self, url: str, folder: Path, on_conflict: str = "reject") -> None:
-        self.db = Database(url)
-        self.db.migrate()
-        self.store = FilesystemStore(folder / "archive")
-        self.ingest = Ingest(self.db, self.store, on_conflict)
-        self.folder = folder
-        self.count = 0
-
-    def add(self, ds: Any = None, path: Path | None = None, **attributes: Any):
-        """Ingest a dataset (or a copy of a file) and return the result."""
-        self.count += 1
-        staged = self.folder / f"staged-{self.count}.dcm"
-        if path is not None:
-            shutil.copy(path, staged)
-        else:
-            write(ds if ds is not None else instance(**attributes), staged)
-        return self.ingest.ingest(staged, SOURCE)
-
-    def find(self, level: Level = Level.STUDY, **matches: str) -> list[dict[str, Any]]:
-        from archive.index.query import parse_attribute
-
-        query = Query(level=level, matches={parse_attribute(k): v for k, v in matches.items()},
-                      include=set())
-        with self.db.reading() as conn:
-            return search(conn, query, ROOT_URL)
-
-    def uids(self, level: Level = Level.STUDY, **matches: str) -> set[str]:
-        tag = {Level.STUDY: "0020000D", Level.SERIES: "0020000E", Level.INSTANCE: "00080018"}[level]
-        return {r[tag]["Value"][0] for r in self.find(level, **matches)}
+SOURCE = Archive.source
 
 
 @pytest.fixture

@@ -172,3 +172,22 @@ def test_parts_without_preamble_are_archived_as_part10(huren: Huren) -> None:
            f"/instances/{ds.SOPInstanceUID}")
     retrieved = httpx.get(url).content
     assert b"\r\n\r\n" + b"\0" * 128 + b"DICM" in retrieved
+
+
+def test_series_of_another_study_is_refused_not_misfiled(huren: Huren, archived: Dataset) -> None:
+    """The same file with only StudyInstanceUID and SOPInstanceUID changed: refused
+    with 0xC40A, never a 500 and never filed under the first study."""
+    from pydicom.uid import generate_uid
+
+    moved = dcmread(BytesIO(part10(archived)))
+    moved.StudyInstanceUID, moved.SOPInstanceUID = generate_uid(), generate_uid()
+    moved.file_meta.MediaStorageSOPInstanceUID = moved.SOPInstanceUID
+    answer = post(huren, body(part10(moved)))
+    assert answer.status_code == 409
+    assert failures(answer) == [0xC40A]
+    studies = httpx.get(f"{huren.dicomweb}/studies", params={"StudyInstanceUID": moved.StudyInstanceUID})
+    assert studies.status_code == 200 and studies.json() == []
+    assert httpx.get(f"{huren.dicomweb}/studies/{moved.StudyInstanceUID}/metadata").status_code == 404
+    instances = httpx.get(f"{huren.dicomweb}/studies/{archived.StudyInstanceUID}/instances").json()
+    assert [i["00080018"]["Value"][0] for i in instances] == [archived.SOPInstanceUID]
+    still_there(huren, archived)
