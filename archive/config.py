@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import yaml
 from pydantic import (
-    BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
 )
 
 if TYPE_CHECKING:
@@ -134,7 +140,7 @@ class Hospital(Section):
     since: datetime.date | None = None
 
     @model_validator(mode="after")
-    def _dated_status(self) -> "Hospital":
+    def _dated_status(self) -> Hospital:
         if self.status != "active" and self.since is None:
             raise ValueError(f"status {self.status!r} needs the date it took effect (since)")
         return self
@@ -172,10 +178,10 @@ class Config(Section):
     #: Processes that serve DICOM and HTTP together; one uses one CPU core.
     workers: int = Field(1, ge=1, le=64)
 
-    _rule_sets: tuple["RuleSet", ...] = PrivateAttr(default=())
+    _rule_sets: tuple[RuleSet, ...] = PrivateAttr(default=())
 
     @property
-    def rule_sets(self) -> tuple["RuleSet", ...]:
+    def rule_sets(self) -> tuple[RuleSet, ...]:
         """The loaded ``guideline.rule_sets`` (empty unless read by :func:`load_config`)."""
         return self._rule_sets
 
@@ -184,7 +190,7 @@ class Config(Section):
         return next((h for h in self.hospitals if h.id == hospital_id), None)
 
     @model_validator(mode="after")
-    def _unique_names(self) -> "Config":
+    def _unique_names(self) -> Config:
         ids: set[str] = set()
         owners: dict[str, str] = {}
         for hospital in self.hospitals:
@@ -250,7 +256,7 @@ def config_with_rule_sets(config: Config) -> Config:
     return config
 
 
-def _load_rule_sets(config: Config) -> list["RuleSet"]:
+def _load_rule_sets(config: Config) -> list[RuleSet]:
     """Load the guideline's rule sets and check them against the hospitals.
 
     Raises :class:`ConfigError` naming the rule set file and key, or the

@@ -23,10 +23,15 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from archive import charsets, names  # noqa: F401  (charsets: decoding fixes)
 from archive.dicomjson import ROOT_MARK, first_int, first_text, instance_path, person_name, to_json
-from archive.guideline.facts import instance_facts
 from archive.frames import (
-    PIXEL_TAGS, UNDEFINED, FrameIndex, TruncatedPixelData, index_frames, read_pixel_header,
+    PIXEL_TAGS,
+    UNDEFINED,
+    FrameIndex,
+    TruncatedPixelData,
+    index_frames,
+    read_pixel_header,
 )
+from archive.guideline.facts import instance_facts
 
 DEFER = 64 * 1024
 

@@ -18,7 +18,7 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -182,7 +182,7 @@ class Ingest:
             "facts": header.facts,
             "hospital_id": source.hospital_id,
             "calling_ae": source.calling_ae,
-            "received_at": datetime.now(timezone.utc),
+            "received_at": datetime.now(UTC),
         }
         try:
             self._index(header, source, row, replace=existing is not None)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
-from sqlalchemy import text
 
 from archive.config import Config
 from archive.guideline.compliance import Compliance

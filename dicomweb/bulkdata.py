@@ -12,9 +12,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from pydicom.uid import (
-    UID, ExplicitVRBigEndian, JPEG2000, JPEG2000Lossless, JPEG2000MC, JPEG2000MCLossless,
-    JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLosslessSV1, JPEGLossless, JPEGLSLossless,
-    JPEGLSNearLossless, RLELossless,
+    JPEG2000,
+    JPEG2000MC,
+    UID,
+    ExplicitVRBigEndian,
+    JPEG2000Lossless,
+    JPEG2000MCLossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
 )
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse

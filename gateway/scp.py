@@ -45,7 +45,7 @@ class _SharedContext(PresentationContext):
     cost over 100 ms. New lists over the same UIDs protect them just as well.
     """
 
-    def __deepcopy__(self, memo: dict) -> "_SharedContext":
+    def __deepcopy__(self, memo: dict) -> _SharedContext:
         twin = copy.copy(self)
         for name, value in vars(self).items():
             if isinstance(value, list):
@@ -53,7 +53,7 @@ class _SharedContext(PresentationContext):
         return twin
 
     @classmethod
-    def of(cls, context: PresentationContext) -> "_SharedContext":
+    def of(cls, context: PresentationContext) -> _SharedContext:
         twin = cls.__new__(cls)
         vars(twin).update(vars(context))
         return twin

@@ -97,7 +97,7 @@ def run(config: Config, log_level: str = "INFO") -> int:
     ))
 
 
-def _serve(config: Config, spool: Path, db: "Database", dimse_socket: socket.socket,
+def _serve(config: Config, spool: Path, db: Database, dimse_socket: socket.socket,
            http_socket: socket.socket) -> None:
     """Serve DICOM and HTTP on the listening sockets in this process until SIGINT/SIGTERM."""
     import uvicorn
@@ -105,9 +105,9 @@ def _serve(config: Config, spool: Path, db: "Database", dimse_socket: socket.soc
     from archive.guideline.compliance import Compliance
     from archive.ingest import Ingest
     from archive.storage import open_store
-    from huren.judging import JudgingLoop
     from dicomweb.app import build_app
     from gateway import scp
+    from huren.judging import JudgingLoop
 
     store = open_store(config)
     ingest = Ingest(db, store, config.ingest.on_conflict)

@@ -19,7 +19,11 @@ from archive.config import Config
 from archive.guideline.judge import Judgement, judge
 from archive.guideline.rules import RuleSet
 
-VERDICT = {"pass": ("通过", "pass"), "fail": ("不通过", "FAIL"), "not_applicable": ("无适用项目", "no exam item recognised")}
+VERDICT = {
+    "pass": ("通过", "pass"),
+    "fail": ("不通过", "FAIL"),
+    "not_applicable": ("无适用项目", "no exam item recognised"),
+}
 
 
 def check(paths: list[str], rule_sets: tuple[RuleSet, ...], *, as_json: bool, lang: str) -> int:

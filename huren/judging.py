@@ -24,7 +24,7 @@ class JudgingLoop:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="judging", daemon=True)
 
-    def start(self) -> "JudgingLoop":
+    def start(self) -> JudgingLoop:
         self._thread.start()
         return self
 

@@ -83,7 +83,7 @@ class Huren:
     def dicomweb(self) -> str:
         return self.url + self.config["http"]["dicomweb_root"]
 
-    def start(self, timeout: float = 30.0) -> "Huren":
+    def start(self, timeout: float = 30.0) -> Huren:
         path = self.workdir / "huren.yaml"
         path.write_text(yaml.safe_dump(self.config))
         with open(self.log, "ab") as log:  # the child keeps its own copy of the descriptor

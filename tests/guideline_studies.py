@@ -34,8 +34,10 @@ PATIENT = {"PatientName": "Wang^Fang=王^芳", "PatientID": "BJ0012345", "Issuer
            "PatientBirthDate": "19660315", "PatientSex": "F"}
 INSTITUTION = "北京市第一示范医院"
 AXIAL, CORONAL, SAGITTAL = [1, 0, 0, 0, 1, 0], [1, 0, 0, 0, 0, -1], [0, 1, 0, 0, 0, -1]
-FOR_PROCESSING = {uid.DigitalXRayImageStorageForPresentation: uid.DigitalXRayImageStorageForProcessing,
-                  uid.DigitalMammographyXRayImageStorageForPresentation: uid.DigitalMammographyXRayImageStorageForProcessing}
+FOR_PROCESSING = {
+    uid.DigitalXRayImageStorageForPresentation: uid.DigitalXRayImageStorageForProcessing,
+    uid.DigitalMammographyXRayImageStorageForPresentation: uid.DigitalMammographyXRayImageStorageForProcessing,
+}
 
 
 @functools.cache

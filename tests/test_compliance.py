@@ -14,7 +14,7 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from archive.config import Config, Hospital, config_with_rule_sets
+from archive.config import Config, config_with_rule_sets
 from archive.guideline.compliance import Compliance
 from archive.guideline.lookup import recognised, same_person
 from archive.index.schema import judgements, studies
@@ -103,7 +103,7 @@ class Site:
 
 
 def later(seconds: float) -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=seconds)
+    return datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=seconds)
 
 
 @pytest.fixture

@@ -238,7 +238,8 @@ def bad_rules(tmp_path: Path, change) -> Path:
 
 
 @pytest.mark.parametrize("change, words", [
-    (lambda r: r["items"][7].update(modalty=["CT"]), ["rules.yaml", "items[7] (JJJ-CT-HEAD)", "modalty", "unknown key"]),
+    (lambda r: r["items"][7].update(modalty=["CT"]),
+     ["rules.yaml", "items[7] (JJJ-CT-HEAD)", "modalty", "unknown key"]),
     (lambda r: r["defaults"]["ct"].update(thin_max_mm=-1), ["rules.yaml", "thin_max_mm"]),
     (lambda r: r["items"][1].update(code="JJJ-DR-CHEST"), ["rules.yaml", "duplicate", "JJJ-DR-CHEST"]),
     (lambda r: r.update(assessments=[{"hospital": "nowhere", "item": "JJJ-DR-CHEST", "scope": "JJJHR",

@@ -273,4 +273,4 @@ def _date(value: str | None) -> datetime.date | None:
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
