@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 import itertools
 from collections.abc import Iterator
-from types import SimpleNamespace
+from pathlib import Path
 
 import orjson
 import pytest
@@ -16,12 +16,17 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from archive.config import Config
+from archive.config import Config, config_with_rule_sets
+from archive.guideline.compliance import Compliance
 from archive.guideline.quality import Filters, quality
 from archive.index.database import Database
 from archive.index.schema import item_results, judgements, patients, studies
+from archive.ingest import Ingest
+from archive.storage.filesystem import FilesystemStore
 from dicomweb import quality as endpoints
+from dicomweb.app import build_app
 from dicomweb.errors import error_response
+from tests.conftest import ROOT
 
 NOW = datetime.datetime(2026, 11, 30, 8, 0, tzinfo=datetime.UTC)
 UNTIL = "20261129"  # a Sunday: the trend's last week is 2026-W48 (Nov 23-29)
@@ -29,21 +34,15 @@ CT, DR, MR = "JJJ-CT-CHEST", "JJJ-DR-CHEST", "JJJ-MR-KNEE"
 PUH_NAME = '北京协和医院<东院> & "西院"'
 
 
-def rule_set(rule_set_id: str, *items: tuple[str, str, str]) -> SimpleNamespace:
-    """A rule set as the report reads it: an id and items with bilingual names."""
-    return SimpleNamespace(id=rule_set_id, items=[
-        SimpleNamespace(code=code, name=SimpleNamespace(zh=zh, en=en)) for code, zh, en in items
-    ])
-
-
 def make_config() -> Config:
-    config = Config.model_validate({"hospitals": [
-        {"id": "bj-puh", "name": PUH_NAME, "region": "BJ", "level": "三级甲等"},
-        {"id": "tj-gh", "name": "天津医科大学总医院", "region": "TJ"},
-    ]})
-    config._rule_sets = (rule_set("JJJ", (DR, "胸部正位片", "Chest X-ray PA"),
-                                  (CT, "胸部CT平扫", "CT chest, plain"), (MR, "膝关节MR", "MR knee")),)
-    return config
+    """Two hospitals and the shipped Jing-Jin-Ji rule set (its 17 items' names)."""
+    return config_with_rule_sets(Config.model_validate({
+        "hospitals": [
+            {"id": "bj-puh", "name": PUH_NAME, "region": "BJ", "level": "三级甲等"},
+            {"id": "tj-gh", "name": "天津医科大学总医院", "region": "TJ"},
+        ],
+        "guideline": {"rule_sets": [str(ROOT / "conf" / "guideline" / "jjj.yaml")]},
+    }))
 
 
 class Judged:
@@ -63,7 +62,7 @@ class Judged:
             mark: str | None = None, message: str = "") -> int:
         """One study judged for `item`; each failing rule's message is ``<rule>: <message>``."""
         n = next(self.uids)
-        findings = [{"rule": rule, "outcome": "fail", "item": item, "series": None,
+        findings = [{"rule": rule, "outcome": "fail", "item": item, "series": [],
                      "message": {"zh": f"{rule}：{message}", "en": f"{rule}: {message}"}}
                     for rule in failed.split()]
         with self.db.writing() as conn:
@@ -270,7 +269,7 @@ def test_page(client: TestClient) -> None:
     assert page.startswith("<!DOCTYPE html>")
     assert "北京协和医院&lt;东院&gt; &amp; &quot;西院&quot;" in page and "<东院>" not in page
     assert "天津医科大学总医院" in page
-    assert "胸部CT平扫" in page and "膝关节MR" in page and "CT chest, plain" in page
+    assert "胸部CT平扫" in page and "膝关节MR平扫" in page and "CT chest, plain" in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script" not in page
     assert "ct.thin_series：June" in page
     assert "old-hosp" in page and "no known hospital" in page
@@ -306,3 +305,23 @@ def test_statements_do_not_grow_with_studies(db: Database, judged: Judged) -> No
     assert len(queries) == 3, queries  # counts with reasons, days, example messages
     ct = next(i for h in report.hospitals if h.hospital.id == "tj-gh" for i in h.items if i.item.code == CT)
     assert ct.judged == 203 and ct.failed == 134 and ct.reasons[0].count == 133
+
+
+def test_through_the_application(db: Database, judged: Judged, tmp_path: Path) -> None:
+    """The routes dicomweb.app serves, over the state it builds."""
+    judged.add("bj-puh", "JJJ-OLD-ITEM", "20261124", "pass")  # an item no rule set names any more
+    config = make_config()
+    store = FilesystemStore(tmp_path / "archive")
+    app = build_app(config, db, store, Ingest(db, store), tmp_path / "spool", Compliance(db, config))
+    with TestClient(app) as client:
+        report = client.get("/api/quality", params={"until": UNTIL, "hospital": "bj-puh"}).json()
+        page = client.get("/quality", params={"until": UNTIL, "hospital": "bj-puh"})
+        bad = client.get("/api/quality", params={"weeks": "0"})
+    assert [i["item"] for i in report["hospitals"][0]["items"]] == [
+        {"code": DR, "name": {"zh": "DR胸部正侧位", "en": "DR chest PA and lateral"}},
+        {"code": CT, "name": {"zh": "胸部CT平扫", "en": "CT chest, plain"}},
+        {"code": "JJJ-OLD-ITEM", "name": None},
+    ]
+    assert page.status_code == 200 and "DR胸部正侧位" in page.text and "JJJ-OLD-ITEM" in page.text
+    assert '<option value="bj-puh" selected>' in page.text
+    assert bad.status_code == 400 and bad.json()["parameter"] == "weeks"

@@ -220,11 +220,8 @@ def _counts(combinations: list[Row[Any]]) -> dict[Key, tuple[int, int, int, int]
 
 def _reasons(conn: Connection, combinations: list[Row[Any]],
              counts: dict[Key, tuple[int, int, int, int]]) -> dict[Key, list[Reason]]:
-    """The most frequent failing rules of each hospital's failed items.
-
-    A passing item may list rules too (a study-wide failure leaves it
-    unmarked, not failed); only failed items count here.
-    """
+    """The most frequent failing rules of each hospital's failed items (their
+    ``failed_rules`` name the item's own failing rules and the study-wide ones)."""
     rules: dict[Key, Counter[str]] = defaultdict(Counter)
     newest: dict[str, int] = {}  # rule -> the latest judgement it failed in
     for *key, failed_rules, _, _, failed, _, judgement_pk in combinations:
