@@ -34,6 +34,27 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Tls(Section):
+    """A certificate and key to serve TLS with; `client_ca` asks clients for
+    certificates signed by it (mapped to hospitals by ``hospitals[].certificates``)."""
+
+    certificate: Path
+    key: Path
+    client_ca: Path | None = None
+    # True: a client without a valid certificate is refused during the handshake.
+    require_client_certificate: bool = False
+
+    @model_validator(mode="after")
+    def _ca_for_required(self) -> Tls:
+        if self.require_client_certificate and self.client_ca is None:
+            raise ValueError("require_client_certificate needs client_ca")
+        return self
+
+
+class DicomTls(Tls):
+    port: int = Field(2762, ge=1, le=65535)  # the port PS3.15 registers for DICOM over TLS
+
+
 class DicomConfig(Section):
     """The DIMSE listener (PS3.8)."""
 
@@ -42,11 +63,11 @@ class DicomConfig(Section):
     port: int = Field(11112, ge=1, le=65535)
     # pynetdicom pays per PDU, so a large PDU is what makes C-STORE fast.
     max_pdu: int = Field(1_048_576, ge=16_384, le=2**32 - 1)
-    # True: only the AE titles listed under hospitals may associate.
-    restrict_calling_ae: bool = False
     # True: refuse associations addressed to another called AE title.
     check_called_ae: bool = True
     network_timeout: float = Field(60.0, gt=0)
+    # DICOM over TLS (PS3.15 Annex B.1 secure transport) on a second port.
+    tls: DicomTls | None = None
 
 
 class HttpConfig(Section):
@@ -62,6 +83,8 @@ class HttpConfig(Section):
     max_request_bytes: int = Field(4 * 1024**3, ge=1024)
     # QIDO-RS answers at most this many matches; more are paged with limit/offset.
     max_query_results: int = Field(1000, ge=1, le=100_000)
+    # HTTPS served directly (certificate and key as PEM files).
+    tls: Tls | None = None
 
     @field_validator("dicomweb_root")
     @classmethod
@@ -69,6 +92,59 @@ class HttpConfig(Section):
         if not value.startswith("/"):
             raise ValueError("must start with '/'")
         return value.rstrip("/") or ""
+
+
+class Oidc(Section):
+    """OpenID Connect access tokens (JWT) from an identity provider."""
+
+    issuer: str = Field(min_length=1)
+    audience: str = Field(min_length=1)
+    # Where the provider's signing keys are: its JWKS URL, or a PEM public key file.
+    jwks_url: str | None = None
+    key_file: Path | None = None
+    algorithms: list[str] = ["RS256", "ES256"]
+    # The claim naming the caller's hospital (a hospitals[].id).
+    hospital_claim: str = "hospital"
+    # A claim that makes the caller an admin when it is true or lists "admin".
+    admin_claim: str = "huren_admin"
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> Oidc:
+        if (self.jwks_url is None) == (self.key_file is None):
+            raise ValueError("give exactly one of jwks_url and key_file")
+        return self
+
+
+class Cors(Section):
+    """Browser viewers (OHIF) on other origins using DICOMweb with a bearer token."""
+
+    origins: list[str] = []
+    max_age: int = Field(600, ge=0)
+
+
+class AccessConfig(Section):
+    """Who may call: hospital tokens (``huren token``), OIDC, CORS.
+
+    Access is enforced once hospitals or OIDC are configured. Without either,
+    the HTTP door is open, which ``huren serve`` allows on a loopback address only.
+    """
+
+    oidc: Oidc | None = None
+    cors: Cors = Cors()
+
+
+class Syslog(Section):
+    """Where audit messages are also sent, as RFC 5424 syslog."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(514, ge=1, le=65535)
+    protocol: Literal["udp", "tcp"] = "udp"
+
+
+class AuditConfig(Section):
+    """The audit trail of every store, query and retrieve (IHE ATNA)."""
+
+    syslog: Syslog | None = None
 
 
 class FilesystemStorage(Section):
@@ -128,6 +204,10 @@ class Hospital(Section):
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     name: str = Field(min_length=1)
     ae_titles: list[AETitle] = []
+    # Network addresses its AE titles call from (IP or CIDR); empty: any address.
+    addresses: list[str] = []
+    # TLS client certificates that speak for it: subject common names or SHA-256 fingerprints.
+    certificates: list[str] = []
     # Hospital level (三级甲等 … 一级), one of the rule sets' recognition.levels.
     level: str | None = None
     # Region code (BJ, TJ, HE): a recognition scope covers some regions.
@@ -175,6 +255,8 @@ class Config(Section):
     ingest: IngestConfig = IngestConfig()
     hospitals: list[Hospital] = []
     guideline: GuidelineConfig = GuidelineConfig()
+    access: AccessConfig = AccessConfig()
+    audit: AuditConfig = AuditConfig()
     #: Processes that serve DICOM and HTTP together; one uses one CPU core.
     workers: int = Field(1, ge=1, le=64)
 
@@ -184,6 +266,11 @@ class Config(Section):
     def rule_sets(self) -> tuple[RuleSet, ...]:
         """The loaded ``guideline.rule_sets`` (empty unless read by :func:`load_config`)."""
         return self._rule_sets
+
+    @property
+    def access_enforced(self) -> bool:
+        """Whether callers must say who they are (hospitals or OIDC configured)."""
+        return bool(self.hospitals) or self.access.oidc is not None
 
     def hospital(self, hospital_id: str | None) -> Hospital | None:
         """The hospital with `hospital_id`, or ``None``."""

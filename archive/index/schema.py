@@ -167,3 +167,49 @@ Index("ix_studies_judge_pending", studies.c.judge_pending, studies.c.updated_at)
 Index("ix_judgements_study", judgements.c.study_pk, judgements.c.current)
 Index("ix_item_results_hospital", item_results.c.hospital_id, item_results.c.item)
 Index("ix_study_identities_id", study_identities.c.patient_id, study_identities.c.issuer)
+
+# Access: hospital API tokens (only their SHA-256 is kept), studies shared with
+# another hospital for a consultation or referral, and the audit trail.
+tokens = Table(
+    "tokens", metadata,
+    Column("pk", Integer, primary_key=True),
+    # The public part of a token, shown in lists, logs and the audit trail.
+    Column("token_id", String(32), nullable=False, unique=True),
+    Column("secret_sha256", String(64), nullable=False),
+    Column("hospital_id", String(64), nullable=True),
+    Column("admin", Boolean, nullable=False),
+    Column("label", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+shares = Table(
+    "shares", metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("study_pk", ForeignKey("studies.pk"), nullable=False, index=True),
+    Column("hospital_id", String(64), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+# Append-only: rows are inserted, never updated or deleted by Huren.
+audit_events = Table(
+    "audit_events", metadata,
+    Column("pk", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False, index=True),
+    Column("door", String(16), nullable=False),           # dimse, http, cli
+    Column("action", String(32), nullable=False),         # store, query, retrieve, token, share, login
+    Column("outcome", String(16), nullable=False),        # success, failure, denied
+    Column("hospital_id", String(64), nullable=True),
+    Column("actor", String(128), nullable=False),         # token id, OIDC subject, AE title, user
+    Column("address", String(64), nullable=True),
+    Column("study_uid", String(64), nullable=True),
+    Column("series_uid", String(64), nullable=True),
+    Column("sop_uid", String(64), nullable=True),
+    Column("detail", Text, nullable=True),                # the query, the count, the status
+)
+
+Index("ix_shares_hospital", shares.c.hospital_id, shares.c.study_pk)
