@@ -336,3 +336,48 @@ def test_judgement_round_trips_as_json(rules: RuleSet) -> None:
     data = json.loads(json.dumps(judgement.to_json(), ensure_ascii=False))
     assert data["verdict"] == "fail" and data["items"][0]["series"] and data["findings"][0]["rule"] == "study.report"
     assert Judgement.from_json(data) == judgement
+
+
+def enhanced(slices: list[Dataset], *, drop: int | None = None) -> Dataset:
+    """One Enhanced CT image (PS3.3 A.38) made of the classic slices of a series: its
+    geometry in functional groups, one frame per slice (frame `drop` left out)."""
+    first = slices[0]
+    ds = copy.deepcopy(first)
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2.1", generate_uid()
+    for keyword in ("SliceThickness", "ImagePositionPatient", "ImageOrientationPatient", "SliceLocation"):
+        delattr(ds, keyword)
+    measures, orientation = Dataset(), Dataset()
+    measures.SliceThickness, measures.PixelSpacing = first.SliceThickness, first.PixelSpacing
+    orientation.ImageOrientationPatient = first.ImageOrientationPatient
+    shared = Dataset()
+    shared.PixelMeasuresSequence, shared.PlaneOrientationSequence = [measures], [orientation]
+    frames = []
+    for n, classic in enumerate(slices):
+        if n == drop:
+            continue
+        position, frame = Dataset(), Dataset()
+        position.ImagePositionPatient = classic.ImagePositionPatient
+        frame.PlanePositionSequence = [position]
+        frames.append(frame)
+    ds.SharedFunctionalGroupsSequence, ds.PerFrameFunctionalGroupsSequence = [shared], frames
+    ds.NumberOfFrames, ds.InstanceNumber = len(frames), 1
+    return ds
+
+
+def as_enhanced(datasets: list[Dataset], drop: int | None = None) -> list[Dataset]:
+    """The head CT study with its thick and thin series each made one Enhanced CT image."""
+    stacks = ("Head 5mm", "Head 1mm")
+    return [*without(without(datasets, stacks[0]), stacks[1]),
+            enhanced(series_of(datasets, stacks[0]), drop=drop), enhanced(series_of(datasets, stacks[1]))]
+
+
+def test_enhanced_multiframe_ct_is_judged_from_its_functional_groups(rules: RuleSet) -> None:
+    judgement = judge(rules, facts_of(as_enhanced(study("JJJ-CT-HEAD"))))
+    assert (judgement.verdict, judgement.findings) == ("pass", ())
+
+
+def test_enhanced_multiframe_ct_with_a_missing_frame_has_a_gap(rules: RuleSet) -> None:
+    datasets = as_enhanced(study("JJJ-CT-HEAD"), drop=10)
+    finding = only(judge(rules, facts_of(datasets)))
+    assert (finding.rule, finding.item) == ("ct.slice_gap", "JJJ-CT-HEAD")
+    assert "10 mm gap between slices after 95 mm" in finding.message["en"]

@@ -60,6 +60,9 @@ _LIST = {
     "orientation": "00200037",          # ImageOrientationPatient
 }
 _CODES = ("00081032", "00321064")       # ProcedureCodeSequence, RequestedProcedureCodeSequence
+# Enhanced multi-frame images (PS3.3 C.7.6.16) keep geometry in functional groups.
+_SHARED_GROUPS, _PER_FRAME_GROUPS = "52009229", "52009230"
+_PIXEL_MEASURES, _PLANE_ORIENTATION, _PLANE_POSITION = "00289110", "00209116", "00209113"
 _OTHER_IDS = "00101002"                 # OtherPatientIDsSequence
 _PATIENT_NAME = "00100010"
 
@@ -72,7 +75,9 @@ def instance_facts(body: dict[str, Any]) -> dict[str, Any]:
     ``series_uid``, ``sop_class``, ``patient_name`` (``Alphabetic=Ideographic=
     Phonetic``), ``procedure_codes`` (``[code, scheme, meaning]`` lists from the
     procedure and requested procedure code sequences) and ``other_ids``
-    (``[id, issuer]`` lists from OtherPatientIDsSequence).
+    (``[id, issuer]`` lists from OtherPatientIDsSequence); for enhanced
+    multi-frame images, geometry from their functional groups (see
+    :func:`_functional_groups`).
     """
     facts: dict[str, Any] = {
         "series_uid": first_text(body, "0020000E"),
@@ -89,6 +94,7 @@ def instance_facts(body: dict[str, Any]) -> dict[str, Any]:
         values = _values(body, tag)
         if values:
             facts[name] = values
+    _functional_groups(body, facts)
     if name := person_name(body, _PATIENT_NAME):
         facts["patient_name"] = name
     codes = [
@@ -101,6 +107,34 @@ def instance_facts(body: dict[str, Any]) -> dict[str, Any]:
     if other := [pair for pair in other if pair[0]]:
         facts["other_ids"] = other
     return facts
+
+
+def _functional_groups(body: dict[str, Any], facts: dict[str, Any]) -> None:
+    """Slice thickness, orientation and each frame's position of an enhanced
+    multi-frame image (Enhanced CT/MR), from its shared and per-frame functional
+    groups, where the classic top-level attributes are absent.
+
+    Frame positions go to ``frame_positions``, in frame order.
+    """
+    shared = next(iter(_items(body, _SHARED_GROUPS)), {})
+    frames = _items(body, _PER_FRAME_GROUPS)
+    first = frames[0] if frames else {}
+
+    def group_value(macro: str, tag: str) -> list[Any]:
+        for groups in (shared, first):
+            for item in _items(groups, macro):
+                if values := _values(item, tag):
+                    return values
+        return []
+
+    if "slice_thickness" not in facts and (thickness := group_value(_PIXEL_MEASURES, "00180050")):
+        facts["slice_thickness"] = thickness[0]
+    if "orientation" not in facts and (orientation := group_value(_PLANE_ORIENTATION, "00200037")):
+        facts["orientation"] = orientation
+    positions = [next((_values(item, "00200032") for item in _items(frame, _PLANE_POSITION)), [])
+                 for frame in frames]
+    if positions and all(len(position) == 3 for position in positions):
+        facts["frame_positions"] = positions
 
 
 def _values(body: dict[str, Any], tag: str) -> list[Any]:

@@ -303,13 +303,18 @@ def _normal(series: Series) -> tuple[float, float, float] | None:
 
 
 def _along(series: Series, normal: tuple[float, float, float] | None) -> list[float]:
-    """The distinct slice positions of a series' single-frame images along `normal`, ascending."""
+    """The distinct slice positions along `normal`, ascending: of single-frame images,
+    and of each frame of enhanced multi-frame images (their ``frame_positions``)."""
     if normal is None:
         return []
+    positions = []
+    for facts in series.instances:
+        if (facts.get("frames") or 1) == 1:
+            positions.append(facts.get("position"))
+        else:
+            positions.extend(facts.get("frame_positions") or [])
     return sorted({round(sum(p * n for p, n in zip(position, normal)), 2)
-                   for facts in series.instances
-                   if isinstance(position := facts.get("position"), list) and len(position) == 3
-                   and (facts.get("frames") or 1) == 1})
+                   for position in positions if isinstance(position, list) and len(position) == 3})
 
 
 def _mr(rule_set: RuleSet, found_item: Classified) -> list[Finding]:
