@@ -10,6 +10,7 @@ import copy
 import logging
 import socket
 import socketserver
+import ssl
 import threading
 
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -24,6 +25,7 @@ from archive.config import Config
 from archive.ingest import Ingest
 from gateway.access import allowed_calling_aes, hospital_of
 from gateway.store import handle_store
+from gateway.tls import certificate_name, handshake, tls_hospital
 
 log = logging.getLogger("huren.dimse")
 
@@ -94,9 +96,19 @@ class NoDelayServer(ThreadedAssociationServer):
         self.server_close()
 
     def get_request(self):
-        client, address = super().get_request()
+        client, address = self.socket.accept()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.ssl_context is not None:
+            # pynetdicom would shake hands here, in the one thread that accepts, where a
+            # slow or silent peer holds up every other caller: the association's thread does.
+            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
         return client, address
+
+    def process_request_thread(self, request, client_address) -> None:
+        if isinstance(request, ssl.SSLSocket) and not handshake(request, client_address, self.ae.network_timeout):
+            self.shutdown_request(request)
+            return
+        super().process_request_thread(request, client_address)
 
 
 def build_ae(config: Config) -> AE:
@@ -117,8 +129,12 @@ def build_ae(config: Config) -> AE:
     return ae
 
 
-def start(config: Config, ingest: Ingest, listen_socket: socket.socket) -> NoDelayServer:
-    """Start accepting on `listen_socket` in background threads; stop with ``server.shutdown()``."""
+def start(config: Config, ingest: Ingest, listen_socket: socket.socket,
+          ssl_context: ssl.SSLContext | None = None) -> NoDelayServer:
+    """Start accepting on `listen_socket` in background threads; stop with ``server.shutdown()``.
+
+    With `ssl_context`, every association on it is DICOM over TLS (PS3.15 Annex B.9).
+    """
     ae = build_ae(config)
     handlers = [
         (evt.EVT_C_STORE, handle_store, [ingest, config]),
@@ -128,15 +144,18 @@ def start(config: Config, ingest: Ingest, listen_socket: socket.socket) -> NoDel
         (evt.EVT_REJECTED, _log_association, ["rejected", config]),
     ]
     server = ae.make_server(listen_socket.getsockname()[:2], evt_handlers=handlers,
-                            server_class=NoDelayServer, listen_socket=listen_socket)
+                            server_class=NoDelayServer, listen_socket=listen_socket, ssl_context=ssl_context)
     threading.Thread(target=server.serve_forever, name="dimse", daemon=True).start()
-    log.info("DIMSE listening", extra={"ae": config.dicom.ae_title, "port": server.server_address[1]})
+    log.info("DIMSE listening" if ssl_context is None else "DIMSE over TLS listening",
+             extra={"ae": config.dicom.ae_title, "port": server.server_address[1]})
     return server
 
 
 def _log_association(event: Event, what: str, config: Config) -> None:
     calling = event.assoc.requestor.ae_title
     log.info("association %s", what, extra={
-        "ae": calling, "hospital": hospital_of(config, calling),
+        # A verified client certificate proves the hospital; a calling AE title only claims it.
+        "ae": calling, "hospital": tls_hospital(config, event.assoc) or hospital_of(config, calling),
+        "certificate": certificate_name(event.assoc),
         "peer": f"{event.assoc.requestor.address}:{event.assoc.requestor.port}",
     })

@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from archive.config import Config, ConfigError, config_with_rule_sets, load_config
+from archive.tls import server_context
 
 if TYPE_CHECKING:
+    import ssl
+
     from archive.index.database import Database
 
 log = logging.getLogger("huren")
@@ -46,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
             config = config_with_rule_sets(Config(guideline={"rule_sets": args.rules}))
         else:
             config = load_config(args.config)
+        if args.command == "check-config":  # the certificates and keys load, not only exist
+            for tls in (config.http.tls, config.dicom.tls):
+                if tls is not None:
+                    server_context(tls)
     except ConfigError as exc:
         print(f"huren: {exc}", file=sys.stderr)
         return 2
@@ -66,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return run(config, args.log_level)
+    except ConfigError as exc:  # a certificate or key that cannot be used
+        print(f"huren: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         if exc.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
             raise
@@ -79,6 +89,10 @@ def run(config: Config, log_level: str = "INFO") -> int:
     from huren import logs, workers
 
     logs.setup(log_level)
+    # Certificates and keys are loaded before anything is bound or written, so a
+    # wrong one stops the start here, named.
+    http_context = server_context(config.http.tls) if config.http.tls else None
+    dicom_context = server_context(config.dicom.tls) if config.dicom.tls else None
     spool = config.ingest.spool.resolve()
     spool.mkdir(parents=True, exist_ok=True)
     _sweep(spool)
@@ -88,18 +102,27 @@ def run(config: Config, log_level: str = "INFO") -> int:
     db.migrate()
     dimse_socket = workers.listen(config.dicom.host, config.dicom.port, "DICOM")
     http_socket = workers.listen(config.http.host, config.http.port, "HTTP")
+    # DICOM over TLS is served on a port of its own, beside the plain one.
+    tls_door = None
+    if config.dicom.tls is not None:
+        tls_door = (workers.listen(config.dicom.host, config.dicom.tls.port, "DICOM over TLS"), dicom_context)
     if config.workers == 1:
-        _serve(config, spool, db, dimse_socket, http_socket)
+        _serve(config, spool, db, dimse_socket, http_socket, tls_door, http_context)
         return 0
     db.dispose()  # each worker opens its own connections
     return workers.supervise(config.workers, lambda _slot: _serve(
         config, spool, Database(config.index.url, config.index.pool_size), dimse_socket, http_socket,
+        tls_door, http_context,
     ))
 
 
 def _serve(config: Config, spool: Path, db: Database, dimse_socket: socket.socket,
-           http_socket: socket.socket) -> None:
-    """Serve DICOM and HTTP on the listening sockets in this process until SIGINT/SIGTERM."""
+           http_socket: socket.socket, tls_door: tuple[socket.socket, ssl.SSLContext] | None,
+           http_context: ssl.SSLContext | None) -> None:
+    """Serve DICOM and HTTP on the listening sockets in this process until SIGINT/SIGTERM.
+
+    `tls_door` is the DICOM-over-TLS socket and its context; `http_context` makes the HTTP door HTTPS.
+    """
     import uvicorn
 
     from archive.guideline.compliance import Compliance
@@ -113,13 +136,17 @@ def _serve(config: Config, spool: Path, db: Database, dimse_socket: socket.socke
     ingest = Ingest(db, store, config.ingest.on_conflict)
     compliance = Compliance(db, config)
     dimse = scp.start(config, ingest, dimse_socket)
+    dimse_tls = scp.start(config, ingest, *tls_door) if tls_door else None
     app = build_app(config, db, store, ingest, spool, compliance)
     judging = JudgingLoop(compliance, config.guideline.poll_interval).start() if config.rule_sets else None
     server = uvicorn.Server(uvicorn.Config(
         app, host=config.http.host, port=config.http.port, log_config=None,
         access_log=False, timeout_keep_alive=30,
+        # The context the DICOM door uses too (TLS 1.2+, client certificates as configured).
+        ssl_context_factory=(lambda _config, _default: http_context) if http_context else None,
     ))
-    log.info("DICOMweb listening", extra={"port": config.http.port, "root": config.http.dicomweb_root})
+    log.info("DICOMweb listening", extra={"port": config.http.port, "root": config.http.dicomweb_root,
+                                          "scheme": "https" if http_context else "http"})
     # uvicorn stops on SIGINT/SIGTERM, then raises the signal again for the handler
     # it found: a no-op one lets the DICOM side shut down after it.
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -130,6 +157,8 @@ def _serve(config: Config, spool: Path, db: Database, dimse_socket: socket.socke
         if judging is not None:
             judging.stop()
         dimse.shutdown()
+        if dimse_tls is not None:
+            dimse_tls.shutdown()
         db.dispose()
 
 
