@@ -1,5 +1,7 @@
 # Huren on its embedded defaults (folder archive + SQLite under /var/lib/huren).
-# Mount your own configuration at /etc/huren/huren.yaml to change anything.
+# Mount your own configuration at /etc/huren/huren.yaml to change anything; it must
+# configure hospitals (or access.oidc), since the container listens on every address
+# and Huren refuses to serve an open archive there.
 FROM python:3.11-slim-bookworm
 
 WORKDIR /opt/huren

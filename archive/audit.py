@@ -16,9 +16,7 @@ import base64
 import datetime
 import ipaddress
 import logging
-import os
 import re
-import socket
 import threading
 import xml.etree.ElementTree as ET
 from collections import deque
@@ -32,6 +30,7 @@ from archive.config import Syslog
 from archive.index.database import Database
 from archive.index.schema import audit_events
 from archive.policy import Caller
+from archive.syslog import SyslogSender, timestamp, utc
 
 log = logging.getLogger("huren.audit")
 
@@ -171,7 +170,7 @@ def atna_message(event: AuditEvent, source_id: str) -> str:
     message = ET.Element("AuditMessage")
     identification = ET.SubElement(message, "EventIdentification", {
         "EventActionCode": ACTION_CODE[event.action],
-        "EventDateTime": _timestamp(event.at),
+        "EventDateTime": timestamp(event.at),
         "EventOutcomeIndicator": OUTCOME[event.outcome],
     })
     _coded(identification, "EventID", EVENT_ID[event.action])
@@ -261,79 +260,6 @@ def _is_ip(address: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _utc(moment: datetime.datetime) -> datetime.datetime:
-    # SQLite keeps no UTC offset: the times written there are UTC.
-    return moment.replace(tzinfo=datetime.UTC) if moment.tzinfo is None else moment.astimezone(datetime.UTC)
-
-
-def _timestamp(moment: datetime.datetime) -> str:
-    """UTC with milliseconds and ``Z``: an xsd:dateTime (A.5.2.5) and an RFC 5424 TIMESTAMP (§6.2.3)."""
-    return _utc(moment).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-class SyslogSender:
-    """Sends audit messages to a syslog collector as RFC 5424 messages.
-
-    UDP puts one message in each datagram (RFC 5426 §3.1); TCP frames each
-    with its length in octets (RFC 6587 §3.4.1, the framing RFC 5425 uses
-    over TLS). Facility 10 (security/authorization, "authpriv"); severity
-    notice for a success, warning for a failure or refusal (RFC 5424 §6.2.1).
-    """
-
-    FACILITY = 10
-    NOTICE, WARNING = 5, 4
-    # IHE ITI TF-2 3.20 (ATNA): the MSGID of audit messages in syslog.
-    MSGID = "IHE+RFC-3881"
-
-    def __init__(self, syslog: Syslog) -> None:
-        self.syslog = syslog
-        self._socket: socket.socket | None = None
-        # RFC 5424 §6.2.4: PRINTUSASCII without spaces, or the NILVALUE.
-        name = socket.gethostname()
-        self._hostname = name[:255] if name and re.fullmatch("[!-~]+", name) else "-"
-
-    def send(self, event: AuditEvent, message: str) -> None:
-        """Send `message`, the ATNA XML of `event`; reconnects once on a broken connection.
-
-        Raises
-        ------
-        OSError
-            If the collector cannot be reached.
-        """
-        frame = self.frame(event, message)
-        if self.syslog.protocol == "tcp":
-            frame = f"{len(frame)} ".encode("ascii") + frame
-        try:
-            self._connected().sendall(frame)
-        except OSError:
-            self.close()  # the collector restarted or dropped us: one fresh connection
-            self._connected().sendall(frame)
-
-    def frame(self, event: AuditEvent, message: str) -> bytes:
-        """The RFC 5424 message (§6): header, no structured data, the XML as MSG."""
-        severity = self.NOTICE if event.outcome == "success" else self.WARNING
-        header = (f"<{self.FACILITY * 8 + severity}>1 {_timestamp(event.at)} {self._hostname} "
-                  f"huren {os.getpid()} {self.MSGID} -")
-        # §6.4: a UTF-8 MSG starts with the byte order mark.
-        return header.encode("ascii") + b" \xef\xbb\xbf" + message.encode("utf-8")
-
-    def close(self) -> None:
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
-
-    def _connected(self) -> socket.socket:
-        if self._socket is None:
-            address = (self.syslog.host, self.syslog.port)
-            if self.syslog.protocol == "tcp":
-                self._socket = socket.create_connection(address, timeout=5)
-            else:
-                family, kind, proto, _name, target = socket.getaddrinfo(*address, type=socket.SOCK_DGRAM)[0]
-                self._socket = socket.socket(family, kind, proto)
-                self._socket.connect(target)
-        return self._socket
 
 
 class AuditTrail:
@@ -448,7 +374,7 @@ class AuditTrail:
 def _row(event: AuditEvent) -> dict[str, Any]:
     caller = event.caller
     return {
-        "at": _utc(event.at), "door": caller.door, "action": event.action, "outcome": event.outcome,
+        "at": utc(event.at), "door": caller.door, "action": event.action, "outcome": event.outcome,
         "hospital_id": caller.hospital_id, "actor": caller.actor, "address": caller.address,
         "study_uid": event.study_uid, "series_uid": event.series_uid, "sop_uid": event.sop_uid,
         "detail": event.detail,
@@ -470,9 +396,9 @@ def events(db: Database, since: datetime.datetime, until: datetime.datetime | No
     """
     if since.tzinfo is None or (until is not None and until.tzinfo is None):
         raise ValueError("since and until need a time zone")
-    window = audit_events.c.at >= _utc(since)
+    window = audit_events.c.at >= utc(since)
     if until is not None:
-        window = and_(window, audit_events.c.at < _utc(until))
+        window = and_(window, audit_events.c.at < utc(until))
     query = select(audit_events).where(window).order_by(audit_events.c.at, audit_events.c.pk).limit(batch)
     after = query
     while True:
@@ -498,5 +424,5 @@ def _event(row: Row) -> AuditEvent:
         action=row.action, outcome=row.outcome,
         caller=Caller(row.door, row.actor, hospital_id=row.hospital_id, address=row.address),
         study_uid=row.study_uid, series_uid=row.series_uid, sop_uid=row.sop_uid, detail=row.detail,
-        at=_utc(row.at),
+        at=utc(row.at),
     )

@@ -10,6 +10,7 @@ folder, beside which they live.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -206,6 +207,16 @@ class Hospital(Section):
     ae_titles: list[AETitle] = []
     # Network addresses its AE titles call from (IP or CIDR); empty: any address.
     addresses: list[str] = []
+
+    @field_validator("addresses")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IP address or network (CIDR)") from None
+        return values
     # TLS client certificates that speak for it: subject common names or SHA-256 fingerprints.
     certificates: list[str] = []
     # Hospital level (三级甲等 … 一级), one of the rule sets' recognition.levels.

@@ -50,6 +50,9 @@ class Failure(enum.Enum):
     # instance putting it in another study is refused, never filed under either.
     # Implementation-specific, in the "cannot understand" range Cxxx (PS3.4 B.2.3).
     SERIES_OF_ANOTHER_STUDY = 0xC40A
+    # A hospital stores only into its own studies (the study's hospital is the
+    # one whose instance created it); implementation-specific, like 0xC40A.
+    STUDY_OF_ANOTHER_HOSPITAL = 0xC40B
     DUPLICATE_REJECTED = 0x0111
     OUT_OF_RESOURCES = 0xA700
     PROCESSING_FAILURE = 0x0110
@@ -66,8 +69,12 @@ class IngestError(Exception):
         self.sop_uid = sop_uid
 
 
-class _SeriesOfAnotherStudy(Exception):
-    """Raised inside the index transaction so that it rolls back."""
+class _Misplaced(Exception):
+    """Raised inside the index transaction so that it rolls back; says which failure."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.name)
+        self.failure = failure
 
 
 class Outcome(enum.Enum):
@@ -159,6 +166,10 @@ class Ingest:
                                   f"a different instance with SOP Instance UID {header.sop_uid} "
                                   "is already archived", **ids)
 
+        if self._owned_elsewhere(header.study_uid, source.hospital_id):
+            log.warning("instance refused: study of another hospital", extra=_log_fields(header, source))
+            raise IngestError(Failure.STUDY_OF_ANOTHER_HOSPITAL,
+                              f"study {header.study_uid} belongs to another hospital", **ids)
         key = instance_key(header.study_uid, header.series_uid, header.sop_uid)
         try:
             blob = self.store.put(key, path, sha256)
@@ -186,14 +197,17 @@ class Ingest:
         }
         try:
             self._index(header, source, row, replace=existing is not None)
-        except _SeriesOfAnotherStudy:
-            # The key holds this study's UID, so the object just put is nobody else's.
-            self.store.delete(blob.key)
-            owner = self._study_of_series(header.series_uid)
-            log.warning("series of another study refused", extra=_log_fields(header, source, owner=owner))
-            raise IngestError(Failure.SERIES_OF_ANOTHER_STUDY,
-                              f"Series Instance UID {header.series_uid} belongs to study {owner}, "
-                              f"not {header.study_uid}", **ids) from None
+        except _Misplaced as exc:
+            if existing is None or existing.blob_key != blob.key:
+                # The key holds this study's UID and no row points at it: the object is nobody else's.
+                self.store.delete(blob.key)
+            log.warning("instance refused: %s", exc.failure.name.lower(), extra=_log_fields(header, source))
+            if exc.failure is Failure.SERIES_OF_ANOTHER_STUDY:
+                message = (f"Series Instance UID {header.series_uid} belongs to study "
+                           f"{self._study_of_series(header.series_uid)}, not {header.study_uid}")
+            else:
+                message = f"study {header.study_uid} belongs to another hospital"
+            raise IngestError(exc.failure, message, **ids) from None
         except IntegrityError:
             # Another association archived the same SOP Instance UID a moment ago.
             again = self._existing(header.sop_uid)
@@ -214,6 +228,17 @@ class Ingest:
                 .where(instances.c.sop_uid == sop_uid)
             ).first()
 
+    def _owned_elsewhere(self, study_uid: str, hospital_id: str | None) -> bool:
+        """Whether the study is archived as another hospital's (checked again on commit,
+        but first here, so that a refused object never overwrites a stored one)."""
+        if hospital_id is None:
+            return False
+        with self.db.reading() as conn:
+            owner = conn.execute(
+                select(studies.c.hospital_id).where(studies.c.study_uid == study_uid)
+            ).scalar_one_or_none()
+        return owner not in (None, hospital_id)
+
     def _study_of_series(self, series_uid: str) -> str:
         with self.db.reading() as conn:
             return conn.execute(
@@ -227,16 +252,18 @@ class Ingest:
         patient["id_scope"] = patient.pop("issuer") or source.hospital_id or ""
         with self.db.writing() as conn:
             patient_pk = conn.execute(self._upserts[patients], patient).scalar_one()
-            study_pk = conn.execute(self._upserts[studies], {
+            study_pk, owner_hospital = conn.execute(self._upserts[studies], {
                 "study_uid": header.study_uid, "patient_pk": patient_pk,
                 "hospital_id": source.hospital_id, "created_at": now, "updated_at": now,
                 "revision": 1, "judge_pending": True, **header.study,
-            }).scalar_one()
+            }).one()
+            if source.hospital_id is not None and owner_hospital not in (None, source.hospital_id):
+                raise _Misplaced(Failure.STUDY_OF_ANOTHER_HOSPITAL)
             series_pk, owner = conn.execute(self._upserts[series], {
                 "series_uid": header.series_uid, "study_pk": study_pk, **header.series,
             }).one()
             if owner != study_pk:
-                raise _SeriesOfAnotherStudy()
+                raise _Misplaced(Failure.SERIES_OF_ANOTHER_STUDY)
             row = {**row, "series_pk": series_pk}
             if replace:
                 conn.execute(update(instances).where(instances.c.sop_uid == header.sop_uid).values(row))
@@ -255,7 +282,8 @@ def _upserts(is_sqlite: bool) -> dict[Table, Insert]:
     The first instance of a patient, study or series sets its attributes. Each
     instance bumps its study's revision and marks it for judging, and the
     study's ``updated_at`` follows its newest instance (the quiet period counts
-    from it). A series answers with the study it belongs to, so an instance
+    from it). A study answers with its hospital, so another hospital's
+    instance is caught; a series answers with the study it belongs to, so an instance
     naming a series of another study is caught. Built once: executed with a
     parameter dict, SQLAlchemy reuses the compiled form.
     """
@@ -270,7 +298,7 @@ def _upserts(is_sqlite: bool) -> dict[Table, Insert]:
         index_elements=["study_uid"],
         set_={"updated_at": study.excluded.updated_at, "revision": studies.c.revision + 1,
               "judge_pending": True},
-    ).returning(studies.c.pk)
+    ).returning(studies.c.pk, studies.c.hospital_id)
     serie = insert(series)
     statements[series] = serie.on_conflict_do_update(
         index_elements=["series_uid"], set_={"series_uid": serie.excluded.series_uid},

@@ -11,17 +11,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
+from archive.audit import AuditTrail
 from archive.config import Config
 from archive.guideline.compliance import Compliance
 from archive.index.database import Database
 from archive.ingest import Ingest
 from archive.storage import BlobStore
-from dicomweb import bulkdata, qido, quality, recognition, stow, wado
+from dicomweb import auth, bulkdata, cors, qido, quality, recognition, shares, stow, wado
 from dicomweb.errors import error_response
 
 
 def build_app(config: Config, db: Database, store: BlobStore, ingest: Ingest, spool: Path,
-              compliance: Compliance) -> Starlette:
+              compliance: Compliance, audit: AuditTrail) -> Starlette:
     """The HTTP application over an opened index, blob store and ingest path."""
     study = "/studies/{study}"
     series = study + "/series/{series}"
@@ -49,6 +50,9 @@ def build_app(config: Config, db: Database, store: BlobStore, ingest: Ingest, sp
         Route("/recognition", recognition.lookup, methods=["GET"]),
         Route("/studies/{study}/compliance", recognition.compliance, methods=["GET"]),
         Route("/studies/{study}/compliance", recognition.judge_now, methods=["POST"]),
+        Route("/studies/{study}/shares", shares.create, methods=["POST"]),
+        Route("/studies/{study}/shares", shares.listing, methods=["GET"]),
+        Route("/studies/{study}/shares/{share}", shares.revoke, methods=["DELETE"]),
         Route("/quality", quality.report, methods=["GET"]),
     ]
     routes = [
@@ -58,12 +62,16 @@ def build_app(config: Config, db: Database, store: BlobStore, ingest: Ingest, sp
     ]
     routes += [Mount(root, routes=dicomweb)] if root else dicomweb
     app = Starlette(routes=routes, exception_handlers={HTTPException: error_response})
+    # Authentication first, CORS after: the middleware added last is outermost.
+    auth.install(app, config, db)
+    cors.install(app, config)
     app.state.config = config
     app.state.db = db
     app.state.store = store
     app.state.ingest = ingest
     app.state.spool = spool
     app.state.compliance = compliance
+    app.state.audit = audit
     app.state.root = root
     return app
 

@@ -30,10 +30,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from archive.bulkdata import PIXEL_DATA, NoSuchBulkData, bulk_value, decoded_frames, frame_count, stored_frames
-from archive.retrieve import Located, locate
+from archive.retrieve import Located
 from archive.transcode import can_transcode
 from dicomweb.errors import DicomWebError
 from dicomweb.multipart import media_type, new_boundary, write_parts
+from dicomweb.resources import located
 
 OCTETS = "application/octet-stream"
 NATIVE = "1.2.840.10008.1.2.1"  # what octet-stream frames are encoded as (PS3.18 §8.7.3.3.2)
@@ -49,7 +50,7 @@ Part = tuple[dict[str, str], Iterator[bytes]]
 def frames(request: Request) -> Response:
     """``GET .../instances/{instance}/frames/{n[,n...]}``."""
     numbers = _frame_numbers(request.path_params["frames"])
-    item = _instance(request)
+    [item] = located(request)
     store = request.app.state.store
     try:
         if _as_stored(request, item):
@@ -62,7 +63,7 @@ def frames(request: Request) -> Response:
 def bulkdata(request: Request) -> Response:
     """``GET .../instances/{instance}/bulkdata/{path}``: one value a BulkDataURI points to."""
     path = request.path_params["path"].upper()
-    item = _instance(request)
+    [item] = located(request)
     store = request.app.state.store
     try:
         if path == f"{PIXEL_DATA:08X}" and UID(item.transfer_syntax).is_compressed:
@@ -74,14 +75,6 @@ def bulkdata(request: Request) -> Response:
         return _parts(OCTETS, item, [bulk_value(store, item, path)])
     except NoSuchBulkData as exc:
         raise DicomWebError(404, str(exc)) from None
-
-
-def _instance(request: Request) -> Located:
-    params = request.path_params
-    found = locate(request.app.state.db, params["study"], params["series"], params["instance"])
-    if not found:
-        raise DicomWebError(404, "no such instance in the archive")
-    return found[0]
 
 
 def _frame_numbers(raw: str) -> list[int]:

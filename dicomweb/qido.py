@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from archive.index.query import Level, Query, QueryError, parse_attribute, search, unsupported
 from dicomweb.errors import DicomWebError
+from dicomweb.resources import audit, visible_to
 from dicomweb.urls import root_url
 
 CONTROL = {"limit", "offset", "includefield", "fuzzymatching"}
@@ -78,9 +79,12 @@ def respond(request: Request, level: Level) -> Response:
     query.limit = returned + 1  # the one more tells whether the answer was cut short
     try:
         with app.db.reading() as conn:
-            results = search(conn, query, root_url(request))
+            results = search(conn, query, root_url(request), visible_to(request))
     except QueryError as exc:
+        audit(request, "query", "failure", detail=f"400 {request.url.path}?{request.url.query}")
         raise DicomWebError(400, str(exc), exc.parameter) from None
+    audit(request, "query", "success", study_uid=query.study_uid, series_uid=query.series_uid,
+          detail=f"{request.url.path}?{request.url.query}")
     warnings = []
     if ignored:
         warnings.append(f'299 huren "The following attributes are not supported for matching: '

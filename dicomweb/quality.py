@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime
 import re
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from html import escape
 from urllib.parse import urlencode
 
@@ -36,6 +36,7 @@ from archive.guideline.quality import (
     quality,
 )
 from dicomweb.errors import DicomWebError
+from dicomweb.resources import caller
 
 PARAMETERS = ("hospital", "item", "rule_set", "weeks", "since", "until")
 HOSPITAL_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # as archive.config.Hospital.id
@@ -87,6 +88,13 @@ def parse_filters(params: QueryParams) -> Filters:
 async def _report(request: Request) -> tuple[Filters, Report]:
     state = request.app.state
     filters = parse_filters(request.query_params)
+    who = caller(request)
+    if not who.sees_everything:
+        # A hospital sees its own figures; quality-control centres use admin tokens.
+        if filters.hospital not in (None, who.hospital_id):
+            raise DicomWebError(400, "a hospital sees its own figures; only admins may name another",
+                                "hospital")
+        filters = replace(filters, hospital=who.hospital_id)
     today = datetime.date.today()
 
     def count() -> Report:

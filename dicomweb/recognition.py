@@ -5,9 +5,11 @@ compliance record.
 - ``GET /api/recognition?patient_id=…&issuer=…&days=30[&item=…][&hospital=…][&source=…]``:
   the person's recognisable results of the last `days` days (default 30),
   newest first, with the re-examination reasons a doctor may record instead.
-  `hospital` is the asking hospital: only results it accepts are listed.
+  Only results the asking hospital accepts are listed: the caller's hospital,
+  or for an admin (and while access is open) the one `hospital` names, if any.
   Without `issuer`, the PatientID is the asking hospital's own.
-- ``GET /api/studies/{study}/compliance``: the study's compliance record.
+- ``GET /api/studies/{study}/compliance``: the study's compliance record (404
+  for a study the caller may not see, as for one never archived).
 - ``POST /api/studies/{study}/compliance``: judge the study now, without
   waiting for its quiet period, and answer its record.
 """
@@ -22,8 +24,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from archive.config import Config, Hospital
 from archive.guideline.lookup import describe, recognised
 from dicomweb.errors import DicomWebError
+from dicomweb.resources import audit, caller, visible_study
 from dicomweb.urls import root_url
 
 MAX_DAYS = 3650
@@ -42,7 +46,7 @@ async def lookup(request: Request) -> Response:
     patient_id = params.get("patient_id", "").strip()
     if not patient_id or len(patient_id) > 64:
         raise DicomWebError(400, "a PatientID of 1 to 64 characters is required", "patient_id")
-    asker = _hospital(config, params.get("hospital"), "hospital")
+    asker = _asker(request)
     issuer = params.get("issuer", "").strip() or (asker.id if asker else "")
     if not issuer:
         raise DicomWebError(400, "required (the issuer of the PatientID, e.g. a resident ID "
@@ -62,6 +66,7 @@ async def lookup(request: Request) -> Response:
                               asker=asker, item=item, source=source.id if source else None)
 
     results = await run_in_threadpool(find)
+    audit(request, "query", "success", detail=f"recognition {request.url.query} ({len(results)} result(s))")
     root = root_url(request)
     return JSONResponse({
         "patient": {"patient_id": patient_id, "issuer": issuer},
@@ -77,12 +82,8 @@ async def lookup(request: Request) -> Response:
 
 async def compliance(request: Request) -> Response:
     """``GET /api/studies/{study}/compliance``: 404 for a study not archived."""
-    state = request.app.state
     study = request.path_params["study"]
-    record = await run_in_threadpool(state.compliance.record, study)
-    if record is None:
-        raise DicomWebError(404, f"no study {study} is archived", "study")
-    return JSONResponse(record)
+    return JSONResponse(await run_in_threadpool(_record, request, study))
 
 
 async def judge_now(request: Request) -> Response:
@@ -91,16 +92,34 @@ async def judge_now(request: Request) -> Response:
     study = request.path_params["study"]
     if not state.config.rule_sets:
         raise DicomWebError(409, "no guideline rule sets are configured (guideline.rule_sets)")
-    judged = await run_in_threadpool(state.compliance.judge_now, study, OWNER)
-    record = await run_in_threadpool(state.compliance.record, study)
-    if record is None:
-        raise DicomWebError(404, f"no study {study} is archived", "study")
-    if not judged:
+    await run_in_threadpool(visible_study, request, study)
+    if not await run_in_threadpool(state.compliance.judge_now, study, OWNER):
         raise DicomWebError(409, f"study {study} is being judged by another process; try again")
-    return JSONResponse(record)
+    return JSONResponse(await run_in_threadpool(_record, request, study))
 
 
-def _hospital(config, hospital_id: str | None, parameter: str):
+def _record(request: Request, study: str) -> dict:
+    visible_study(request, study)
+    record = request.app.state.compliance.record(study)
+    if record is None:  # deleted since
+        raise DicomWebError(404, "no such study in the archive")
+    return record
+
+
+def _asker(request: Request) -> Hospital | None:
+    """The asking hospital: the caller's own, or for an admin the one named by `hospital`."""
+    config = request.app.state.config
+    who = caller(request)
+    named = request.query_params.get("hospital")
+    if not who.sees_everything:
+        if named not in (None, who.hospital_id):
+            raise DicomWebError(400, "a hospital asks as itself; only admins may name another",
+                                "hospital")
+        return config.hospital(who.hospital_id)
+    return _hospital(config, named, "hospital")
+
+
+def _hospital(config: Config, hospital_id: str | None, parameter: str) -> Hospital | None:
     if hospital_id is None:
         return None
     hospital = config.hospital(hospital_id)

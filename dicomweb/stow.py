@@ -25,6 +25,7 @@ from starlette.responses import Response
 from archive.ingest import Failure, Ingest, IngestError, Source, Stored
 from dicomweb.errors import DicomWebError
 from dicomweb.multipart import Part, PartReader, media_type
+from dicomweb.resources import audit, caller
 from dicomweb.urls import root_url
 
 log = logging.getLogger("huren.stow")
@@ -69,9 +70,18 @@ async def store(request: Request) -> Response:
     if not parts:
         raise DicomWebError(400, "the multipart body has no parts", "content-type")
 
-    source = Source("stow")
+    # A hospital stores only as itself: its studies are its own (archive.ingest refuses
+    # instances of another hospital's study).
+    source = Source("stow", caller(request).hospital_id)
     study = request.path_params.get("study")
     outcomes = await run_in_threadpool(_ingest_all, state.ingest, parts, source, study)
+    for outcome in outcomes:
+        if isinstance(outcome, Stored):
+            audit(request, "store", "success", study_uid=outcome.study_uid, series_uid=outcome.series_uid,
+                  sop_uid=outcome.sop_uid, detail=outcome.outcome.value)
+        else:
+            audit(request, "store", "failure", sop_uid=outcome.sop_uid or None,
+                  detail=f"0x{outcome.failure.value:04X}")
     root = root_url(request)
     return _answer(outcomes, root, study)
 

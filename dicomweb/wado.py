@@ -13,10 +13,11 @@ from collections.abc import Iterator
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from archive.retrieve import Located, locate, metadata
+from archive.retrieve import metadata
 from archive.transcode import can_transcode, transcoded
 from dicomweb.errors import DicomWebError
 from dicomweb.multipart import media_type, new_boundary, write_parts
+from dicomweb.resources import located, visible_to
 from dicomweb.urls import root_url
 
 DICOM = "application/dicom"
@@ -25,7 +26,7 @@ DICOM = "application/dicom"
 def retrieve(request: Request) -> Response:
     """``GET /studies/{study}[/series/{series}[/instances/{instance}]]``."""
     syntax = _negotiate(request.headers.get("accept", "*/*"))
-    found = _located(request)
+    found = located(request)
     if syntax not in ("*", None):
         stuck = [i.sop_uid for i in found if not can_transcode(i.transfer_syntax, syntax)]
         if stuck:
@@ -55,9 +56,10 @@ def retrieve_metadata(request: Request) -> Response:
     """``GET .../metadata`` at study, series or instance level."""
     state = request.app.state
     params = request.path_params
-    _located(request)
+    located(request)
     root = root_url(request)
-    documents = metadata(state.db, root, params["study"], params.get("series"), params.get("instance"))
+    documents = metadata(state.db, root, params["study"], params.get("series"), params.get("instance"),
+                         visible_to(request))
 
     def body() -> Iterator[bytes]:
         yield b"["
@@ -66,15 +68,6 @@ def retrieve_metadata(request: Request) -> Response:
         yield b"]"
 
     return StreamingResponse(body(), media_type="application/dicom+json")
-
-
-def _located(request: Request) -> list[Located]:
-    params = request.path_params
-    found = locate(request.app.state.db, params["study"], params.get("series"), params.get("instance"))
-    if not found:
-        what = "instance" if "instance" in params else "series" if "series" in params else "study"
-        raise DicomWebError(404, f"no such {what} in the archive")
-    return found
 
 
 def _negotiate(accept: str) -> str | None:

@@ -21,9 +21,11 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
+from archive.audit import AuditEvent, AuditTrail
 from archive.config import Config
 from archive.ingest import Ingest
-from gateway.access import allowed_calling_aes, hospital_of
+from archive.policy import Caller
+from gateway.access import allowed_calling_aes, association_caller, hospital_of
 from gateway.store import handle_store
 from gateway.tls import certificate_name, handshake, tls_hospital
 
@@ -129,7 +131,7 @@ def build_ae(config: Config) -> AE:
     return ae
 
 
-def start(config: Config, ingest: Ingest, listen_socket: socket.socket,
+def start(config: Config, ingest: Ingest, trail: AuditTrail, listen_socket: socket.socket,
           ssl_context: ssl.SSLContext | None = None) -> NoDelayServer:
     """Start accepting on `listen_socket` in background threads; stop with ``server.shutdown()``.
 
@@ -137,11 +139,11 @@ def start(config: Config, ingest: Ingest, listen_socket: socket.socket,
     """
     ae = build_ae(config)
     handlers = [
-        (evt.EVT_C_STORE, handle_store, [ingest, config]),
-        (evt.EVT_ACCEPTED, _log_association, ["accepted", config]),
+        (evt.EVT_C_STORE, handle_store, [ingest, config, trail]),
+        (evt.EVT_ACCEPTED, _check_accepted, [config, trail]),
         (evt.EVT_RELEASED, _log_association, ["released", config]),
         (evt.EVT_ABORTED, _log_association, ["aborted", config]),
-        (evt.EVT_REJECTED, _log_association, ["rejected", config]),
+        (evt.EVT_REJECTED, _rejected, [config, trail]),
     ]
     server = ae.make_server(listen_socket.getsockname()[:2], evt_handlers=handlers,
                             server_class=NoDelayServer, listen_socket=listen_socket, ssl_context=ssl_context)
@@ -149,6 +151,31 @@ def start(config: Config, ingest: Ingest, listen_socket: socket.socket,
     log.info("DIMSE listening" if ssl_context is None else "DIMSE over TLS listening",
              extra={"ae": config.dicom.ae_title, "port": server.server_address[1]})
     return server
+
+
+def _check_accepted(event: Event, config: Config, trail: AuditTrail) -> None:
+    """Abort an association whose AE title calls from an address its hospital does not list,
+    or that a client certificate of another hospital speaks for."""
+    requestor = event.assoc.requestor
+    if association_caller(config, event.assoc) is None:
+        log.warning("association aborted: its AE title's hospital does not call from there", extra={
+            "ae": requestor.ae_title, "hospital": hospital_of(config, requestor.ae_title),
+            "certificate": certificate_name(event.assoc), "peer": f"{requestor.address}:{requestor.port}",
+        })
+        _denied(trail, requestor, "address or certificate not of the AE title's hospital")
+        event.assoc.abort()
+        return
+    _log_association(event, "accepted", config)
+
+
+def _rejected(event: Event, config: Config, trail: AuditTrail) -> None:
+    _denied(trail, event.assoc.requestor, "association rejected (calling or called AE title)")
+    _log_association(event, "rejected", config)
+
+
+def _denied(trail: AuditTrail, requestor, reason: str) -> None:
+    trail.record(AuditEvent("login", "denied", Caller("dimse", requestor.ae_title.strip() or "?",
+                                                      address=requestor.address), detail=reason))
 
 
 def _log_association(event: Event, what: str, config: Config) -> None:

@@ -44,8 +44,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
     """
     from tqdm import tqdm
 
-    from archive.audit import SyslogSender, atna_message, events
+    from archive.audit import atna_message, events
     from archive.index.database import Database
+    from archive.syslog import SyslogSender
 
     try:
         since = _moment(args.since, "--since", end=False)

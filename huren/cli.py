@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import ipaddress
 import logging
 import signal
 import socket
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from archive.config import Config, ConfigError, config_with_rule_sets, load_config
 from archive.tls import server_context
+from huren import audit, tokens
 
 if TYPE_CHECKING:
     import ssl
@@ -43,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     judge.add_argument("--lang", choices=("zh", "en"), default="zh")
     rejudge = actions.add_parser("rejudge", help="re-judge every stored study after a rule edit")
     rejudge.add_argument("--config", default="conf/huren.yaml", help="YAML configuration file")
+    tokens.add_parser(commands)
+    audit.add_parser(commands)
     args = parser.parse_args(argv)
     try:
         if args.command == "guideline" and args.action == "check" and args.rules:
@@ -56,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"huren: {exc}", file=sys.stderr)
         return 2
+    if args.command == "token":
+        return tokens.run(args, config)
+    if args.command == "audit":
+        return audit.run(args, config)
     if args.command == "guideline":
         from huren import guideline
 
@@ -89,6 +97,15 @@ def run(config: Config, log_level: str = "INFO") -> int:
     from huren import logs, workers
 
     logs.setup(log_level)
+    if not config.access_enforced:
+        if not _loopback(config.http.host):
+            print(f"huren: DICOMweb would listen on {config.http.host} with no access control: "
+                  "configure hospitals (and create their tokens with `huren token create`) or "
+                  "access.oidc, or set http.host to 127.0.0.1", file=sys.stderr)
+            return 2
+        log.warning("access is open: no hospitals or access.oidc are configured, so every "
+                    "caller on this machine may read and store every study",
+                    extra={"host": config.http.host})
     # Certificates and keys are loaded before anything is bound or written, so a
     # wrong one stops the start here, named.
     http_context = server_context(config.http.tls) if config.http.tls else None
@@ -125,6 +142,7 @@ def _serve(config: Config, spool: Path, db: Database, dimse_socket: socket.socke
     """
     import uvicorn
 
+    from archive.audit import AuditTrail
     from archive.guideline.compliance import Compliance
     from archive.ingest import Ingest
     from archive.storage import open_store
@@ -135,9 +153,11 @@ def _serve(config: Config, spool: Path, db: Database, dimse_socket: socket.socke
     store = open_store(config)
     ingest = Ingest(db, store, config.ingest.on_conflict)
     compliance = Compliance(db, config)
-    dimse = scp.start(config, ingest, dimse_socket)
-    dimse_tls = scp.start(config, ingest, *tls_door) if tls_door else None
-    app = build_app(config, db, store, ingest, spool, compliance)
+    # Each process its own: the writer thread would not survive a fork.
+    trail = AuditTrail(db, config.audit.syslog, config.dicom.ae_title)
+    dimse = scp.start(config, ingest, trail, dimse_socket)
+    dimse_tls = scp.start(config, ingest, trail, *tls_door) if tls_door else None
+    app = build_app(config, db, store, ingest, spool, compliance, trail)
     judging = JudgingLoop(compliance, config.guideline.poll_interval).start() if config.rule_sets else None
     server = uvicorn.Server(uvicorn.Config(
         app, host=config.http.host, port=config.http.port, log_config=None,
@@ -159,7 +179,15 @@ def _serve(config: Config, spool: Path, db: Database, dimse_socket: socket.socke
         dimse.shutdown()
         if dimse_tls is not None:
             dimse_tls.shutdown()
+        trail.close()
         db.dispose()
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _sweep(spool: Path, older_than: float = 3600.0) -> None:

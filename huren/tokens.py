@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import getpass
 import sys
 from typing import Any
 
 from archive import tokens
+from archive.audit import AuditEvent, AuditTrail
 from archive.config import Config
 from archive.index.database import Database
+from archive.policy import Caller
 from dicomweb.auth import CACHE_SECONDS
 
 
@@ -47,12 +50,13 @@ def run(args: argparse.Namespace, config: Config) -> int:
     try:
         db.migrate()
         if args.action == "create":
-            return _create(db, args)
+            return _create(db, args, config)
         if args.action == "list":
             return _list(db)
         if not tokens.revoke(db, args.token_id):
             print(f"huren: no token {args.token_id!r} (see huren token list)", file=sys.stderr)
             return 1
+        _audit(db, config, f"revoked token {args.token_id}")
         print(f"huren: token {args.token_id} revoked; running servers refuse it within "
               f"{CACHE_SECONDS:g} seconds", file=sys.stderr)
         return 0
@@ -69,14 +73,29 @@ def _hospital_problem(args: argparse.Namespace, config: Config) -> str | None:
     return None
 
 
-def _create(db: Database, args: argparse.Namespace) -> int:
+def _create(db: Database, args: argparse.Namespace, config: Config) -> int:
     info, presented = tokens.create(db, hospital_id=args.hospital, admin=args.admin,
                                     expires_days=args.expires, label=args.label)
     print(presented)
     who = " ".join(filter(None, [info.hospital_id, "(admin)" if info.admin else None]))
+    _audit(db, config, f"created token {info.token_id} for {who}")
     print(f"huren: token {info.token_id} for {who}, expires {_when(info.expires_at, 'never')}. "
           "Keep it now: it cannot be shown again.", file=sys.stderr)
     return 0
+
+
+def _audit(db: Database, config: Config, detail: str) -> None:
+    """Record a token change in the audit trail, as the user at the command line."""
+    trail = AuditTrail(db, config.audit.syslog, config.dicom.ae_title)
+    trail.record(AuditEvent("token", "success", Caller("cli", _user()), detail=detail))
+    trail.close()
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container's uid without a passwd entry or $USER
+        return "unknown"
 
 
 def _list(db: Database) -> int:

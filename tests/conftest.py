@@ -24,6 +24,7 @@ import httpx
 import pytest
 import yaml
 
+from archive.audit import AuditTrail
 from archive.index.database import Database
 from archive.index.query import Level, Query, parse_attribute, search
 from archive.ingest import Ingest, Source, Stored
@@ -103,6 +104,17 @@ class Huren:
             time.sleep(0.1)
         raise RuntimeError(f"huren did not answer within {timeout}s:\n{self.log.read_text()}")
 
+    def token(self, hospital: str | None = None, *, admin: bool = False, expires: int | None = None) -> str:
+        """A new API token made with ``huren token create``, as an admin would."""
+        args = ["token", "create", "--config", str(self.workdir / "huren.yaml")]
+        args += ["--hospital", hospital] if hospital else []
+        args += ["--admin"] if admin else []
+        args += ["--expires", str(expires)] if expires is not None else []
+        made = subprocess.run([sys.executable, "-m", "huren", *args], cwd=self.workdir,
+                              capture_output=True, text=True, timeout=120)
+        assert made.returncode == 0, made.stderr
+        return made.stdout.strip()
+
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(sig)
@@ -133,7 +145,6 @@ def huren_config(workdir: Path, *, storage: dict[str, Any] | None = None,
         "storage": storage or {"backend": "filesystem", "path": str(workdir / "archive")},
         "index": {"url": index_url or f"sqlite:///{workdir / 'index.db'}"},
         "ingest": {"spool": str(workdir / "spool")},
-        "hospitals": [{"id": "hosp-a", "name": "Hospital A", "ae_titles": ["CT_A", "DR_A"]}],
     }
     for name, values in sections.items():
         if isinstance(values, dict):
@@ -176,6 +187,24 @@ class Archive:
     def uids(self, level: Level = Level.STUDY, **matches: str) -> set[str]:
         tag = {Level.STUDY: "0020000D", Level.SERIES: "0020000E", Level.INSTANCE: "00080018"}[level]
         return {r[tag]["Value"][0] for r in self.find(level, **matches)}
+
+
+_trails: list[AuditTrail] = []
+
+
+def audit_trail(db: Database) -> AuditTrail:
+    """An audit trail for an app built in-process; closed after the test."""
+    trail = AuditTrail(db)
+    _trails.append(trail)
+    return trail
+
+
+@pytest.fixture(autouse=True)
+def _close_audit_trails() -> Iterator[None]:
+    # Its writer thread would otherwise outlive the test and the database it writes to.
+    yield
+    while _trails:
+        _trails.pop().close()
 
 
 @pytest.fixture(scope="session")

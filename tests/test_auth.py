@@ -41,7 +41,7 @@ from archive.index.schema import tokens as token_table
 from dicomweb import auth, cors
 from dicomweb.app import build_app
 from dicomweb.auth import Authentication
-from tests.conftest import Archive, free_port
+from tests.conftest import Archive, audit_trail, free_port
 
 HOSPITALS = [{"id": "bj-a", "name": "北京甲医院"}, {"id": "tj-b", "name": "天津乙医院"}]
 ISSUER = "https://idp.example/realms/huren"
@@ -69,7 +69,7 @@ async def who(request: Request) -> JSONResponse:
 def make_app(config: Config, archive: Archive) -> Starlette:
     """The app ``huren serve`` runs, plus ``/test/caller``, with authentication and CORS in place."""
     app = build_app(config, archive.db, archive.store, archive.ingest, archive.folder / "spool",
-                    Compliance(archive.db, config))
+                    Compliance(archive.db, config), audit_trail(archive.db))
     app.router.routes.append(Route("/test/caller", who))
     # Until build_app installs them itself; in this order, so CORS is outermost.
     if not any(m.cls is Authentication for m in app.user_middleware):

@@ -103,3 +103,21 @@ def test_serve_names_a_port_it_cannot_listen_on(tmp_path: Path, workers: int, do
     assert result.returncode == 1
     assert f"127.0.0.1:{ports[door]}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_refuses_an_open_archive_off_loopback(tmp_path: Path) -> None:
+    """No hospitals and no OIDC: open access, which huren serve allows on loopback only."""
+    path = write(tmp_path, f"http: {{host: 0.0.0.0, port: {free_port()}}}\n"
+                           f"dicom: {{host: 127.0.0.1, port: {free_port()}}}\n")
+    result = subprocess.run([sys.executable, "-m", "huren", "serve", "--config", str(path)],
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 2
+    for key in ("hospitals", "access.oidc", "http.host"):
+        assert key in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_hospital_addresses_must_be_networks(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, "hospitals: [{id: a, name: A, addresses: [10.0.0.0/8, somewhere]}]\n"))
+    assert "hospitals.0.addresses" in str(caught.value) and "somewhere" in str(caught.value)

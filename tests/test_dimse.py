@@ -57,8 +57,11 @@ def test_wrong_called_ae_is_rejected(huren: Huren) -> None:
     assert "Called AE Title Not Recognized" in result.stderr
 
 
-def test_restricted_calling_ae(tmp_path: Path) -> None:
-    config = huren_config(tmp_path, dicom={"restrict_calling_ae": True})
+HOSPITAL_A = {"id": "hosp-a", "name": "Hospital A", "ae_titles": ["CT_A", "DR_A"]}
+
+
+def test_with_hospitals_only_their_ae_titles_associate(tmp_path: Path) -> None:
+    config = huren_config(tmp_path, hospitals=[HOSPITAL_A])
     server = Huren(tmp_path, config).start()
     try:
         path = write(instance(), tmp_path / "ct.dcm")
@@ -71,6 +74,24 @@ def test_restricted_calling_ae(tmp_path: Path) -> None:
         server.stop()
     with sqlite3.connect(tmp_path / "index.db") as db:
         assert db.execute("SELECT hospital_id, calling_ae FROM instances").fetchall() == [("hosp-a", "CT_A")]
+
+
+def test_an_ae_title_calling_from_an_address_not_listed_is_aborted(tmp_path: Path) -> None:
+    config = huren_config(tmp_path, hospitals=[{**HOSPITAL_A, "addresses": ["10.1.0.0/16"]},
+                                               {"id": "b", "name": "B", "ae_titles": ["CT_B"],
+                                                "addresses": ["127.0.0.1"]}])
+    server = Huren(tmp_path, config).start()
+    try:
+        path = write(instance(), tmp_path / "ct.dcm")
+        refused = server.storescu(path, calling="CT_A")
+        assert refused.returncode != 0
+        accepted = server.storescu(path, calling="CT_B")
+        assert accepted.returncode == 0, accepted.stderr
+    finally:
+        server.stop()
+    assert "does not call from there" in server.log.read_text()
+    with sqlite3.connect(tmp_path / "index.db") as db:
+        assert db.execute("SELECT hospital_id, calling_ae FROM instances").fetchall() == [("b", "CT_B")]
 
 
 def test_storescu_series_comes_back_identical(any_huren: Huren, tmp_path: Path) -> None:
@@ -120,10 +141,10 @@ def test_store_twice_is_one_instance(huren: Huren, tmp_path: Path) -> None:
     assert len(client(huren).search_for_instances()) == 1
 
 
-def _send_raw(huren: Huren, path: Path) -> int:
+def send_raw(huren: Huren, path: Path, calling: str = "RAWSCU", sop_class: str = CTImageStorage) -> int:
     """C-STORE the file's bytes as they are (pynetdicom streams them without decoding)."""
-    ae = AE(ae_title="RAWSCU")
-    ae.add_requested_context(CTImageStorage, ["1.2.840.10008.1.2.1"])
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(sop_class, ["1.2.840.10008.1.2.1"])
     previous = pynetdicom_config.STORE_SEND_CHUNKED_DATASET
     pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
     try:
@@ -142,19 +163,19 @@ def test_bad_instances_get_a_failure_status_and_lose_nothing(huren: Huren, tmp_p
 
     truncated = tmp_path / "truncated.dcm"
     truncated.write_bytes(write(instance(rows=64, columns=64), tmp_path / "t.dcm").read_bytes()[:-2000])
-    assert _send_raw(huren, truncated) == 0xC000
+    assert send_raw(huren, truncated) == 0xC000
 
     no_uid = write(instance(), tmp_path / "no-uid.dcm")
     ds = dcmread(no_uid)
     del ds.SOPInstanceUID
     ds.save_as(no_uid)
-    assert _send_raw(huren, no_uid) == 0xA900
+    assert send_raw(huren, no_uid) == 0xA900
 
     other = write(instance(), tmp_path / "other.dcm")
     ds = dcmread(other)
     ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.5"
     ds.save_as(other)
-    assert _send_raw(huren, other) == 0xA900  # dataset does not match the request's UID
+    assert send_raw(huren, other) == 0xA900  # dataset does not match the request's UID
 
     ds = dcmread(good)
     found = client(huren).search_for_instances()

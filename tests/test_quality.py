@@ -12,10 +12,9 @@ import orjson
 import pytest
 from sqlalchemy import event, insert
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from archive import tokens
 from archive.config import Config, config_with_rule_sets
 from archive.guideline.compliance import Compliance
 from archive.guideline.quality import Filters, quality
@@ -23,10 +22,8 @@ from archive.index.database import Database
 from archive.index.schema import item_results, judgements, patients, studies
 from archive.ingest import Ingest
 from archive.storage.filesystem import FilesystemStore
-from dicomweb import quality as endpoints
 from dicomweb.app import build_app
-from dicomweb.errors import error_response
-from tests.conftest import ROOT
+from tests.conftest import ROOT, audit_trail
 
 NOW = datetime.datetime(2026, 11, 30, 8, 0, tzinfo=datetime.UTC)
 UNTIL = "20261129"  # a Sunday: the trend's last week is 2026-W48 (Nov 23-29)
@@ -123,18 +120,22 @@ def judged(db: Database) -> Judged:
     return judged
 
 
-def make_app(db: Database, config: Config) -> Starlette:
-    """The two endpoints as dicomweb.app mounts them, with the state they read."""
-    app = Starlette(routes=[Route("/quality", endpoints.page), Route("/api/quality", endpoints.report)],
-                    exception_handlers={HTTPException: error_response})
-    app.state.db = db
-    app.state.config = config
-    return app
+def make_app(db: Database, config: Config, folder: Path) -> Starlette:
+    """The application huren serve runs, over `db`."""
+    store = FilesystemStore(folder / "archive")
+    return build_app(config, db, store, Ingest(db, store), folder / "spool", Compliance(db, config),
+                     audit_trail(db))
+
+
+def bearer(db: Database, hospital: str | None = None) -> dict[str, str]:
+    """Headers with a new token: an admin's, or a hospital's."""
+    token = tokens.create(db, hospital_id=hospital, admin=hospital is None, expires_days=None)[1]
+    return {"Authorization": f"Bearer {token}"}
 
 
 @pytest.fixture
-def client(db: Database, judged: Judged) -> Iterator[TestClient]:
-    with TestClient(make_app(db, make_config())) as client:
+def client(db: Database, judged: Judged, tmp_path: Path) -> Iterator[TestClient]:
+    with TestClient(make_app(db, make_config(), tmp_path), headers=bearer(db)) as client:
         yield client
 
 
@@ -310,10 +311,7 @@ def test_statements_do_not_grow_with_studies(db: Database, judged: Judged) -> No
 def test_through_the_application(db: Database, judged: Judged, tmp_path: Path) -> None:
     """The routes dicomweb.app serves, over the state it builds."""
     judged.add("bj-puh", "JJJ-OLD-ITEM", "20261124", "pass")  # an item no rule set names any more
-    config = make_config()
-    store = FilesystemStore(tmp_path / "archive")
-    app = build_app(config, db, store, Ingest(db, store), tmp_path / "spool", Compliance(db, config))
-    with TestClient(app) as client:
+    with TestClient(make_app(db, make_config(), tmp_path), headers=bearer(db)) as client:
         report = client.get("/api/quality", params={"until": UNTIL, "hospital": "bj-puh"}).json()
         page = client.get("/quality", params={"until": UNTIL, "hospital": "bj-puh"})
         bad = client.get("/api/quality", params={"weeks": "0"})
@@ -325,3 +323,13 @@ def test_through_the_application(db: Database, judged: Judged, tmp_path: Path) -
     assert page.status_code == 200 and "DR胸部正侧位" in page.text and "JJJ-OLD-ITEM" in page.text
     assert '<option value="bj-puh" selected>' in page.text
     assert bad.status_code == 400 and bad.json()["parameter"] == "weeks"
+
+
+def test_a_hospital_sees_its_own_figures(db: Database, judged: Judged, tmp_path: Path) -> None:
+    with TestClient(make_app(db, make_config(), tmp_path), headers=bearer(db, "tj-gh")) as client:
+        own = client.get("/api/quality", params={"until": UNTIL})
+        other = client.get("/api/quality", params={"until": UNTIL, "hospital": "bj-puh"})
+        anonymous = client.get("/api/quality", headers={"Authorization": ""})
+    assert [h["hospital"]["id"] for h in own.json()["hospitals"]] == ["tj-gh"]
+    assert other.status_code == 400 and other.json()["parameter"] == "hospital"
+    assert anonymous.status_code == 401

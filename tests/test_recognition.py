@@ -45,8 +45,23 @@ def send(huren: Huren, datasets: list, folder: Path, calling: str = "CT_A") -> s
     return datasets[0].StudyInstanceUID
 
 
+_admins: dict[Path, str] = {}
+
+
+def as_admin(huren: Huren) -> dict[str, str]:
+    """Authorization headers of an admin token of `huren` (made once per server folder)."""
+    if huren.workdir not in _admins:
+        _admins[huren.workdir] = huren.token(admin=True)
+    return {"Authorization": f"Bearer {_admins[huren.workdir]}"}
+
+
+def as_hospital(huren: Huren, hospital: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {huren.token(hospital)}"}
+
+
 def record(huren: Huren, study_uid: str) -> dict[str, Any]:
-    answer = httpx.get(f"{huren.url}/api/studies/{study_uid}/compliance", timeout=10)
+    answer = httpx.get(f"{huren.url}/api/studies/{study_uid}/compliance", timeout=10,
+                       headers=as_admin(huren))
     assert answer.status_code == 200, answer.text
     return answer.json()
 
@@ -125,7 +140,8 @@ def test_recognition_api(server: Huren, tmp_path: Path) -> None:
     for uid in (at_a, at_b):
         judged(server, uid)
     api = f"{server.url}/api/recognition"
-    answer = httpx.get(api, params={"patient_id": NATIONAL_ID, "issuer": NATIONAL_ISSUER})
+    admin, tj_b = as_admin(server), as_hospital(server, "tj-b")
+    answer = httpx.get(api, params={"patient_id": NATIONAL_ID, "issuer": NATIONAL_ISSUER}, headers=admin)
     assert answer.status_code == 200 and answer.headers["content-type"].startswith("application/json")
     body = answer.json()
     assert body["days"] == 30 and body["patient"] == {"patient_id": NATIONAL_ID, "issuer": NATIONAL_ISSUER}
@@ -135,16 +151,23 @@ def test_recognition_api(server: Huren, tmp_path: Path) -> None:
     assert result["mark"] == "JJJHR" and result["hospital"] == {"id": "bj-a", "name": "北京甲医院"}
     assert result["study_date"] == datetime.datetime.strptime(RECENT, "%Y%m%d").date().isoformat()
     assert result["url"] == f"{server.dicomweb}/studies/{at_a}"
-    assert httpx.get(result["url"] + "/metadata").status_code == 200
+    assert httpx.get(result["url"] + "/metadata", headers=tj_b).status_code == 200  # recognised: visible
     assert [r["code"] for r in body["reexamination_reasons"]["JJJ"]][:3] == ["R01", "R02", "R03"]
     assert len(body["reexamination_reasons"]["JJJ"]) == 11
 
-    # The asking hospital's own local ID, its issuer implied.
-    mine = httpx.get(api, params={"patient_id": "B-1", "issuer": "TJB-HIS", "hospital": "tj-b"}).json()
+    # Hospital B asks with its own local ID, as itself (its token names it).
+    mine = httpx.get(api, params={"patient_id": "B-1", "issuer": "TJB-HIS"}, headers=tj_b).json()
+    assert mine["asking_hospital"] == "tj-b"
     assert {r["study_instance_uid"] for r in mine["results"]} == {at_a, at_b}
-    only_a = httpx.get(api, params={"patient_id": "B-1", "issuer": "TJB-HIS", "source": "bj-a"}).json()
+    as_other = httpx.get(api, params={"patient_id": "B-1", "issuer": "TJB-HIS", "hospital": "bj-a"}, headers=tj_b)
+    assert as_other.status_code == 400 and as_other.json()["parameter"] == "hospital"
+    for_b = httpx.get(api, params={"patient_id": "B-1", "issuer": "TJB-HIS", "hospital": "tj-b"}, headers=admin)
+    assert for_b.json()["asking_hospital"] == "tj-b"
+    only_a = httpx.get(api, params={"patient_id": "B-1", "issuer": "TJB-HIS", "source": "bj-a"}, headers=tj_b).json()
     assert [r["study_instance_uid"] for r in only_a["results"]] == [at_a]
-    other_item = httpx.get(api, params={"patient_id": "B-1", "issuer": "TJB-HIS", "item": "JJJ-CT-HEAD"})
+    other_item = httpx.get(api, params={"patient_id": "B-1", "issuer": "TJB-HIS", "item": "JJJ-CT-HEAD"},
+                           headers=tj_b)
+    assert httpx.get(api, params={"patient_id": "B-1", "issuer": "TJB-HIS"}).status_code == 401
     assert other_item.status_code == 200 and other_item.json()["results"] == []
 
 
@@ -158,22 +181,24 @@ def test_recognition_api(server: Huren, tmp_path: Path) -> None:
     ({"patient_id": "1", "issuer": "X", "patientid": "1"}, "patientid"),
 ])
 def test_recognition_api_refuses_bad_parameters(server: Huren, params: dict[str, str], parameter: str) -> None:
-    answer = httpx.get(f"{server.url}/api/recognition", params=params)
+    answer = httpx.get(f"{server.url}/api/recognition", params=params, headers=as_admin(server))
     assert answer.status_code == 400
     assert answer.json()["parameter"] == parameter and answer.json()["error"]
 
 
 def test_compliance_on_demand_and_in_qido(server: Huren, tmp_path: Path) -> None:
-    assert httpx.get(f"{server.url}/api/studies/1.2.3.999/compliance").status_code == 404
-    assert httpx.post(f"{server.url}/api/studies/1.2.3.999/compliance").status_code == 404
+    admin = as_admin(server)
+    assert httpx.get(f"{server.url}/api/studies/1.2.3.999/compliance", headers=admin).status_code == 404
+    assert httpx.post(f"{server.url}/api/studies/1.2.3.999/compliance", headers=admin).status_code == 404
     datasets = study("JJJ-DR-CHEST", pixels=True, StudyDate=RECENT, AccessionNumber=None)
     uid = send(server, datasets, tmp_path / "dr")
-    now = httpx.post(f"{server.url}/api/studies/{uid}/compliance", timeout=30)
+    now = httpx.post(f"{server.url}/api/studies/{uid}/compliance", timeout=30, headers=admin)
     assert now.status_code == 200
     assert now.json()["verdict"] == "fail"
     [finding] = [f for f in now.json()["judgements"][0]["findings"] if f["rule"] == "study.accession_number"]
     assert finding["message"]["zh"] and finding["message"]["en"]
-    [found] = DICOMwebClient(server.dicomweb).search_for_studies(search_filters={"StudyInstanceUID": uid})
+    web = DICOMwebClient(server.dicomweb, headers=admin)
+    [found] = web.search_for_studies(search_filters={"StudyInstanceUID": uid})
     assert found["00111001"]["Value"] == ["FAIL"]
     assert "00111002" not in found  # failing: no mark
     assert found["00111003"]["Value"] == ["JJJ-DR-CHEST"]

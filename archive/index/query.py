@@ -155,10 +155,14 @@ def is_supported(level: Level, tag: int) -> bool:
     return key is not None and _RANK[key.level] <= _RANK[level]
 
 
-def search(conn: Connection, query: Query, retrieve_base: str) -> list[dict[str, Any]]:
+def search(conn: Connection, query: Query, retrieve_base: str,
+           visible: ColumnElement[bool] | None = None) -> list[dict[str, Any]]:
     """Run `query` and return its results as DICOM JSON objects.
 
     `retrieve_base` is the DICOMweb root URL used for RetrieveURL and BulkDataURIs.
+    `visible` is the caller's sharing policy (:func:`archive.policy.visible`),
+    a condition on studies; matches outside it are never seen, so paging and
+    counts stay right.
 
     Raises
     ------
@@ -172,7 +176,7 @@ def search(conn: Connection, query: Query, retrieve_base: str) -> list[dict[str,
         joined = series.join(joined, series.c.study_pk == studies.c.pk)
     if level is Level.INSTANCE:
         joined = instances.join(joined, instances.c.series_pk == series.c.pk)
-    conditions: list[ColumnElement[bool]] = []
+    conditions: list[ColumnElement[bool]] = [] if visible is None else [visible]
     if query.study_uid is not None:
         conditions.append(studies.c.study_uid == query.study_uid)
     if query.series_uid is not None:

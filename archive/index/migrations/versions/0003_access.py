@@ -53,8 +53,13 @@ def upgrade() -> None:
         sa.Column("detail", sa.Text),
     )
     op.create_index("ix_audit_events_at", "audit_events", ["at"])
+    # The sharing policy looks up a hospital's own studies and its recognised items.
+    op.create_index("ix_studies_hospital", "studies", ["hospital_id"])
+    op.create_index("ix_item_results_mark", "item_results", ["hospital_id", "rule_set", "mark"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_item_results_mark", "item_results")
+    op.drop_index("ix_studies_hospital", "studies")
     for table in ("audit_events", "shares", "tokens"):
         op.drop_table(table)
