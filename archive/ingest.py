@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 from pynetdicom import AllStoragePresentationContexts
@@ -135,7 +136,7 @@ class Ingest:
 
     def _ingest(self, path: Path, source: Source, expected_study: str | None,
                 check_meta: bool) -> Stored:
-        sha256 = file_sha256(path)
+        sha256, dataset_sha256 = file_digests(path)
         try:
             header = read_header(path)
         except UnreadableInstance as exc:
@@ -155,7 +156,7 @@ class Ingest:
 
         existing = self._existing(header.sop_uid)
         if existing is not None:
-            if existing.sha256 == sha256:
+            if _same(existing, sha256, dataset_sha256):
                 return self._result(Outcome.DUPLICATE, header)
             if self.on_conflict == "keep":
                 log.warning("conflict kept", extra=_log_fields(header, source, sha256=sha256))
@@ -187,6 +188,7 @@ class Ingest:
             "blob_key": blob.key,
             "size": blob.size,
             "sha256": sha256,
+            "dataset_sha256": dataset_sha256,
             "frames": None if header.frames is None else orjson.dumps(header.frames).decode(),
             "bulk": orjson.dumps(header.bulk).decode() if header.bulk else None,
             "metadata": header.metadata,
@@ -211,7 +213,7 @@ class Ingest:
         except IntegrityError:
             # Another association archived the same SOP Instance UID a moment ago.
             again = self._existing(header.sop_uid)
-            if again is not None and again.sha256 == sha256:
+            if again is not None and _same(again, sha256, dataset_sha256):
                 return self._result(Outcome.DUPLICATE, header)
             raise IngestError(Failure.PROCESSING_FAILURE,
                               f"SOP Instance UID {header.sop_uid} was archived concurrently", **ids) from None
@@ -224,7 +226,7 @@ class Ingest:
     def _existing(self, sop_uid: str):
         with self.db.reading() as conn:
             return conn.execute(
-                select(instances.c.pk, instances.c.sha256, instances.c.blob_key)
+                select(instances.c.pk, instances.c.sha256, instances.c.dataset_sha256, instances.c.blob_key)
                 .where(instances.c.sop_uid == sop_uid)
             ).first()
 
@@ -308,11 +310,45 @@ def _upserts(is_sqlite: bool) -> dict[Table, Insert]:
 
 def file_sha256(path: Path) -> str:
     """The SHA-256 of a file's bytes, as hex."""
-    digest = hashlib.sha256()
+    return file_digests(path)[0]
+
+
+def file_digests(path: Path) -> tuple[str, str]:
+    """The SHA-256 of a Part-10 file's bytes, and of its data set alone, in one read.
+
+    The first checks the object in the store. The second tells whether two
+    files hold the same instance: C-STORE and STOW-RS (and different senders)
+    write different file meta information (PS3.10 §7.1) around the same data
+    set. A file whose meta group has no group length is hashed whole for both.
+    """
+    whole, dataset = hashlib.sha256(), hashlib.sha256()
+    start: int | None = None
+    position = 0
     with open(path, "rb") as handle:
         while block := handle.read(1024 * 1024):
-            digest.update(block)
-    return digest.hexdigest()
+            if start is None:
+                start = _dataset_offset(block)
+            whole.update(block)
+            if position + len(block) > start:
+                dataset.update(block[max(start - position, 0):])
+            position += len(block)
+    return whole.hexdigest(), dataset.hexdigest()
+
+
+def _dataset_offset(head: bytes) -> int:
+    """Where the data set starts: after the preamble, ``DICM`` and the group
+    length's worth of meta elements (PS3.10 §7.1: (0002,0000) UL comes first)."""
+    if head[128:132] != b"DICM" or head[132:138] != b"\x02\x00\x00\x00UL":
+        return 0
+    return 144 + int.from_bytes(head[140:144], "little")
+
+
+def _same(existing: Any, sha256: str, dataset_sha256: str) -> bool:
+    """Whether an archived instance is the one received again (its data set, or
+    for rows kept before data set digests existed, its file)."""
+    if existing.dataset_sha256 is not None:
+        return existing.dataset_sha256 == dataset_sha256
+    return existing.sha256 == sha256
 
 
 def _log_fields(header: InstanceHeader, source: Source, **more) -> dict:

@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 import pytest
+from pydicom import dcmread
 from pydicom.uid import MRImageStorage, generate_uid
 from sqlalchemy import func, select
 
@@ -104,6 +105,19 @@ def test_conflict_rejected_by_default(archive: Archive) -> None:
     with archive.db.reading() as conn:
         assert conn.execute(select(func.count()).select_from(instances)).scalar() == 1
     assert len(list(archive.store.keys())) == 1
+
+
+def test_same_data_set_under_other_file_meta_is_a_duplicate(archive: Archive, tmp_path: Path) -> None:
+    """C-STORE and STOW-RS wrap one instance in different file meta information."""
+    first = write(instance(), tmp_path / "first.dcm")
+    archive.add(path=first)
+    again = dcmread(first)
+    again.file_meta.ImplementationClassUID = "1.2.3.4"
+    again.file_meta.ImplementationVersionName = "OTHER_SENDER"
+    again.save_as(tmp_path / "again.dcm", enforce_file_format=True)
+    assert archive.add(path=tmp_path / "again.dcm").outcome is Outcome.DUPLICATE
+    with archive.db.reading() as conn:
+        assert conn.execute(select(func.count()).select_from(instances)).scalar() == 1
 
 
 @pytest.mark.parametrize("make, failure", [

@@ -191,3 +191,22 @@ def test_series_of_another_study_is_refused_not_misfiled(huren: Huren, archived:
     instances = httpx.get(f"{huren.dicomweb}/studies/{archived.StudyInstanceUID}/instances").json()
     assert [i["00080018"]["Value"][0] for i in instances] == [archived.SOPInstanceUID]
     still_there(huren, archived)
+
+
+def test_the_same_instance_by_both_doors_is_stored_once(huren: Huren, tmp_path: Path) -> None:
+    """STOW-RS then C-STORE, and C-STORE then STOW-RS: each sender's file meta differs,
+    the data set does not; the second is a success that stores nothing."""
+    by_stow_first, by_dimse_first = instance(rows=64, columns=64), instance(rows=64, columns=64)
+    assert post(huren, body(part10(by_stow_first))).status_code == 200
+    first = tmp_path / "stow-first.dcm"
+    first.write_bytes(part10(by_stow_first))
+    assert huren.storescu(first).returncode == 0
+    second = tmp_path / "dimse-first.dcm"
+    second.write_bytes(part10(by_dimse_first))
+    assert huren.storescu(second).returncode == 0
+    again = post(huren, body(part10(by_dimse_first)))
+    assert again.status_code == 200 and stored(again) == [by_dimse_first.SOPInstanceUID]
+    for ds in (by_stow_first, by_dimse_first):
+        found = httpx.get(f"{huren.dicomweb}/studies/{ds.StudyInstanceUID}/instances").json()
+        assert [i["00080018"]["Value"][0] for i in found] == [ds.SOPInstanceUID]
+    assert "conflict" not in huren.log.read_text()

@@ -96,6 +96,8 @@ instances = Table(
     Column("blob_key", Text, nullable=False),
     Column("size", BigInteger, nullable=False),
     Column("sha256", String(64), nullable=False),
+    # The data set's alone, after the file meta: the same instance sent by two doors.
+    Column("dataset_sha256", String(64), nullable=True),
     # JSON: [[offset, length], ...] per frame, or null when not indexable.
     Column("frames", Text, nullable=True),
     # JSON: {"<tag path>": [offset, length]} for each value sent as a BulkDataURI.

@@ -1,4 +1,4 @@
-"""Access: hospital API tokens, shares, the audit trail.
+"""Access: hospital API tokens, shares, the audit trail; instances' data set digests.
 
 Revision ID: 0003
 Revises: 0002
@@ -53,12 +53,16 @@ def upgrade() -> None:
         sa.Column("detail", sa.Text),
     )
     op.create_index("ix_audit_events_at", "audit_events", ["at"])
+    with op.batch_alter_table("instances") as batch:
+        batch.add_column(sa.Column("dataset_sha256", sa.String(64)))
     # The sharing policy looks up a hospital's own studies and its recognised items.
     op.create_index("ix_studies_hospital", "studies", ["hospital_id"])
     op.create_index("ix_item_results_mark", "item_results", ["hospital_id", "rule_set", "mark"])
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("instances") as batch:
+        batch.drop_column("dataset_sha256")
     op.drop_index("ix_item_results_mark", "item_results")
     op.drop_index("ix_studies_hospital", "studies")
     for table in ("audit_events", "shares", "tokens"):
