@@ -27,7 +27,7 @@ from pynetdicom import AllStoragePresentationContexts
 from sqlalchemy import Insert, Table, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from archive.header import InstanceHeader, UnreadableInstance, read_header
 from archive.index.database import Database
@@ -128,6 +128,10 @@ class Ingest:
         """
         try:
             return self._ingest(path, source, expected_study, check_meta)
+        except DBAPIError as exc:
+            # Before anything was stored (after, _ingest reports it itself): the sender retries.
+            log.error("index unavailable", extra={"path": str(path), "error": _first_line(exc)})
+            raise IngestError(Failure.OUT_OF_RESOURCES, f"index unavailable: {_first_line(exc)}") from None
         finally:
             try:
                 os.unlink(path)
@@ -217,6 +221,13 @@ class Ingest:
                 return self._result(Outcome.DUPLICATE, header)
             raise IngestError(Failure.PROCESSING_FAILURE,
                               f"SOP Instance UID {header.sop_uid} was archived concurrently", **ids) from None
+        except DBAPIError as exc:
+            # The sender is told to retry. The object stays: a commit whose answer was lost
+            # may have happened, and its row would then point at nothing.
+            log.error("index unavailable; instance not archived",
+                      extra=_log_fields(header, source, error=_first_line(exc)))
+            raise IngestError(Failure.OUT_OF_RESOURCES, f"index unavailable: {_first_line(exc)}",
+                              **ids) from None
         if existing is not None and existing.blob_key != blob.key:
             self.store.delete(existing.blob_key)
         outcome = Outcome.REPLACED if existing is not None else Outcome.STORED
@@ -341,6 +352,12 @@ def _dataset_offset(head: bytes) -> int:
     if head[128:132] != b"DICM" or head[132:138] != b"\x02\x00\x00\x00UL":
         return 0
     return 144 + int.from_bytes(head[140:144], "little")
+
+
+def _first_line(exc: Exception) -> str:
+    """A database error's first line: the driver's message, without SQL and parameters."""
+    message = str(getattr(exc, "orig", None) or exc)
+    return message.strip().splitlines()[0] if message.strip() else type(exc).__name__
 
 
 def _same(existing: Any, sha256: str, dataset_sha256: str) -> bool:

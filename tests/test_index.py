@@ -9,13 +9,14 @@ import orjson
 import pytest
 from pydicom import dcmread
 from pydicom.uid import MRImageStorage, generate_uid
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
 
 from archive.index.database import Database
 from archive.index.query import Level, Query, QueryError, search
 from archive.index.schema import instances, patients, series, studies
 from archive.ingest import Failure, IngestError, Outcome
-from tests.conftest import PYDICOM_FILES, ROOT_URL, Archive
+from tests.conftest import PG_ADMIN_URL, PYDICOM_FILES, ROOT_URL, Archive
 from tests.factory import instance, write
 
 SOURCE = Archive.source
@@ -277,3 +278,19 @@ def test_migrations_are_repeatable(index_url: str, tmp_path: Path) -> None:
     db.migrate()
     db.migrate()
     db.dispose()
+
+
+def test_an_index_that_does_not_answer_is_out_of_resources_with_a_reason(postgres_url: str,
+                                                                          tmp_path: Path) -> None:
+    """The index gone (here its database dropped): 0xA700 with a comment that says so, not a crash."""
+    archive = Archive(postgres_url, tmp_path)
+    archive.add(instance())
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE "{make_url(postgres_url).database}" WITH (FORCE)'))
+    admin.dispose()
+    with pytest.raises(IngestError) as caught:
+        archive.add(instance())
+    assert caught.value.failure is Failure.OUT_OF_RESOURCES
+    assert str(caught.value).startswith("index unavailable: ")
+    archive.db.dispose()
