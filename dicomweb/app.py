@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from sqlalchemy import text
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -56,7 +58,9 @@ def build_app(config: Config, db: Database, store: BlobStore, ingest: Ingest, sp
         Route("/quality", quality.report, methods=["GET"]),
     ]
     routes = [
-        Route("/health", health, methods=["GET"]),
+        Route("/health", ready, methods=["GET"]),
+        Route("/livez", live, methods=["GET"]),
+        Route("/readyz", ready, methods=["GET"]),
         Route("/quality", quality.page, methods=["GET"]),
         Mount("/api", routes=api),
     ]
@@ -76,11 +80,35 @@ def build_app(config: Config, db: Database, store: BlobStore, ingest: Ingest, sp
     return app
 
 
-def health(request: Request) -> Response:
-    """200 when the index answers; 503 otherwise (for load balancers and monitors)."""
-    try:
-        with request.app.state.db.reading() as conn:
+PROBE_TIMEOUT = 5.0  # seconds a readiness probe waits for the index or the store
+
+
+def live(request: Request) -> Response:
+    """``/livez``: 200 while this process answers HTTP (for restarts by an orchestrator)."""
+    return JSONResponse({"status": "alive"})
+
+
+async def ready(request: Request) -> Response:
+    """``/readyz`` and ``/health``: 200 when the index and the blob store answer within
+    ``PROBE_TIMEOUT``; 503 naming the one that did not (for load balancers and monitors)."""
+    state = request.app.state
+
+    def index() -> None:
+        with state.db.reading() as conn:
             conn.execute(text("SELECT 1"))
+
+    checks = {"index": index, "store": state.store.check}
+    answers = await asyncio.gather(*(_probe(check) for check in checks.values()))
+    body = dict(zip(checks, answers, strict=True))
+    ok = all(answer == "ok" for answer in answers)
+    return JSONResponse({"status": "ready" if ok else "unavailable", **body}, status_code=200 if ok else 503)
+
+
+async def _probe(check) -> str:
+    try:
+        await asyncio.wait_for(run_in_threadpool(check), PROBE_TIMEOUT)
+    except TimeoutError:
+        return f"no answer within {PROBE_TIMEOUT:g} s"
     except Exception as exc:
-        return JSONResponse({"status": "unavailable", "index": str(exc)}, status_code=503)
-    return JSONResponse({"status": "ok"})
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return "ok"

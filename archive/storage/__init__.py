@@ -49,6 +49,12 @@ class BlobStore(Protocol):
     def keys(self) -> Iterator[str]:
         """Yield every complete object's key (never a half-written one)."""
 
+    def check(self) -> None:
+        """Prove the store answers and is the one configured (for readiness probes).
+
+        Raises an exception saying what is wrong (``OSError``, botocore's errors).
+        """
+
 
 def instance_key(study_uid: str, series_uid: str, sop_uid: str) -> str:
     """The object key of an instance, per the design's object layout."""

@@ -23,6 +23,12 @@ class FilesystemStore:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
 
+    def check(self) -> None:
+        if not self.root.is_dir():
+            raise OSError(f"the archive folder {self.root} is gone")
+        if not os.access(self.root, os.W_OK):
+            raise OSError(f"the archive folder {self.root} is not writable")
+
     def path_of(self, key: str) -> Path:
         path = (self.root / key).resolve()
         if self.root not in path.parents:

@@ -41,6 +41,10 @@ class S3Store:
             max_concurrency=4,
         )
 
+    def check(self) -> None:
+        # HEAD of the bucket: reachable, credentials accepted, the bucket exists.
+        self.client.head_bucket(Bucket=self.bucket)
+
     def put(self, key: str, path: Path, sha256: str) -> StoredBlob:
         size = os.stat(path).st_size
         self.client.upload_file(
