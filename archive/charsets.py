@@ -17,4 +17,7 @@ def _leaves_escape_sequence() -> bool:
 
 
 if "iso_ir_58" in charset.handled_encodings and _leaves_escape_sequence():
-    charset.handled_encodings = tuple(e for e in charset.handled_encodings if e != "iso_ir_58")
+    # pydicom leaves this tuple unannotated, so its type is inferred as exactly three strings.
+    charset.handled_encodings = tuple(  # type: ignore[assignment]
+        e for e in charset.handled_encodings if e != "iso_ir_58"
+    )

@@ -26,6 +26,8 @@ from pydantic import (
 )
 
 if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
+
     from archive.guideline.rules import RuleSet
 
 AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[ -~]*[!-~][ -~]*$")]
@@ -362,7 +364,7 @@ def _load_rule_sets(config: Config) -> list[RuleSet]:
     """
     from archive.guideline.rules import RuleSetError, load_rule_set
 
-    rule_sets = []
+    rule_sets: list[RuleSet] = []
     for path in config.guideline.rule_sets:
         try:
             rule_set = load_rule_set(path)
@@ -384,7 +386,7 @@ def _load_rule_sets(config: Config) -> list[RuleSet]:
     return rule_sets
 
 
-def _describe(error: dict) -> str:
+def _describe(error: ErrorDetails) -> str:
     # Drop pydantic's union-branch names (e.g. "s3") so the key reads as in YAML.
     loc = [str(p) for p in error["loc"] if p not in ("filesystem", "s3") or error["loc"][0] != "storage"]
     key = ".".join(loc) or "(top level)"

@@ -84,12 +84,14 @@ def read_header(path: Path) -> InstanceHeader:
                 fp.seek(0)
                 ds = dcmread(fp)
             _check_whole(ds, os.fstat(fp.fileno()).st_size)
-            implicit, little = _read_encoding(ds)
+            encoding = _read_encoding(ds)
             uids = _uids(ds)
             pixel = None
             bulk: dict[str, tuple[int, int]] = {}
-            if syntax != DeflatedExplicitVRLittleEndian and implicit is not None:
-                pixel = read_pixel_header(fp, implicit, little)
+            # In an unknown encoding the pixel data cannot be found: an image is refused
+            # below as lacking it, an instance without pixel data is stored as it is.
+            if syntax != DeflatedExplicitVRLittleEndian and encoding is not None:
+                pixel = read_pixel_header(fp, *encoding)
             if pixel is None and _lacks_pixel_data(ds):
                 raise UnreadableInstance("the image has Rows and Columns but no Pixel Data: "
                                          "the file ends before it")
@@ -98,7 +100,8 @@ def read_header(path: Path) -> InstanceHeader:
                 bulk[f"{pixel[0]:08X}"] = (pixel_value, pixel[2])
             body = _metadata(ds, uids, pixel, bulk)  # may read deferred values, moving `fp`
             frames = None
-            if pixel is not None:
+            if pixel is not None and encoding is not None:  # a pixel header is read in a known encoding
+                _, little = encoding
                 fp.seek(pixel_value)
                 frames = index_frames(
                     fp, little, pixel[2],
@@ -202,8 +205,9 @@ def _lacks_pixel_data(ds: Dataset) -> bool:
             and not any(tag in ds for tag in PIXEL_TAGS))
 
 
-def _read_encoding(ds: Dataset) -> tuple[bool | None, bool | None]:
-    """The (implicit VR, little endian) encoding the data set was actually read in.
+def _read_encoding(ds: Dataset) -> tuple[bool, bool] | None:
+    """The (implicit VR, little endian) encoding the data set was actually read in,
+    or ``None`` when pydicom has none (a data set it did not decode from bytes).
 
     pydicom reads an implicit VR data set sent under an explicit VR transfer
     syntax (pydicom's ``SC_rgb_jpeg.dcm``) as implicit, but reports the transfer
@@ -214,7 +218,10 @@ def _read_encoding(ds: Dataset) -> tuple[bool | None, bool | None]:
         raw = ds.get_item(tag)
         if isinstance(raw, RawDataElement):
             return raw.is_implicit_VR, raw.is_little_endian
-    return ds.original_encoding
+    implicit, little = ds.original_encoding
+    if implicit is None or little is None:
+        return None
+    return implicit, little
 
 
 def _uids(ds: Dataset) -> tuple[str, str, str, str]:

@@ -186,7 +186,7 @@ def classify(rule_set: RuleSet, instances: Sequence[Facts]) -> list[Classified]:
     codes = {str(value).upper() for f in kept for code in f.get("procedure_codes", [])
              for value in (code[0], code[2]) if value}
     found_in: dict[str, list[Series]] = {item.code: [] for item in rule_set.items}
-    leftovers = []
+    leftovers: list[Series] = []
     for series in group_series(kept):
         if matches(rule_set.series.localizer, series.text("image_type", *SERIES_TEXT)):
             continue
@@ -202,11 +202,11 @@ def classify(rule_set: RuleSet, instances: Sequence[Facts]) -> list[Classified]:
             leftovers.append(series)
     result = []
     for item in rule_set.items:
-        series = found_in[item.code]
-        if series and _contrast_fits(rule_set, item, series, study_text):
+        of_item = found_in[item.code]
+        if of_item and _contrast_fits(rule_set, item, of_item, study_text):
             if item.category in ("ct", "mr"):
-                series = [*series, *leftovers]
-            result.append(Classified(item, tuple(series)))
+                of_item = [*of_item, *leftovers]
+            result.append(Classified(item, tuple(of_item)))
     return result
 
 

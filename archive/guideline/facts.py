@@ -87,9 +87,9 @@ def instance_facts(body: dict[str, Any]) -> dict[str, Any]:
         if value := first_text(body, tag):
             facts[name] = value
     for name, tag in _NUMBER.items():
-        value = _number(body, tag)
-        if value is not None:
-            facts[name] = value
+        number = _number(body, tag)
+        if number is not None:
+            facts[name] = number
     for name, tag in _LIST.items():
         values = _values(body, tag)
         if values:

@@ -147,7 +147,7 @@ def quality(conn: Connection, config: Config, filters: Filters, today: datetime.
             trend=[_week(label, *weeks.get(label, (0, 0))) for label in labels],
         ))
 
-    positions = {hospital.id: n for n, hospital in enumerate(config.hospitals)}
+    positions: dict[str | None, int] = {hospital.id: n for n, hospital in enumerate(config.hospitals)}
     hospitals = [
         _hospital(config, hospital_id, items[hospital_id], labels)
         for hospital_id in sorted(items, key=lambda h: (h is None, positions.get(h, len(positions)), h or ""))
@@ -190,7 +190,7 @@ _key = (item_results.c.hospital_id, item_results.c.rule_set, item_results.c.item
 _passed = func.sum(case((item_results.c.verdict == "pass", 1), else_=0))
 
 
-def _combinations(conn: Connection, where: list[ColumnElement[bool]]) -> list[Row[Any]]:
+def _combinations(conn: Connection, where: list[ColumnElement[bool]]) -> list[Row[*tuple[Any, ...]]]:
     """Judged, passed, failed and marked items per hospital, item and set of failed rules,
     with the latest failing judgement of each.
 
@@ -208,7 +208,7 @@ def _combinations(conn: Connection, where: list[ColumnElement[bool]]) -> list[Ro
     ))
 
 
-def _counts(combinations: list[Row[Any]]) -> dict[Key, tuple[int, int, int, int]]:
+def _counts(combinations: list[Row[*tuple[Any, ...]]]) -> dict[Key, tuple[int, int, int, int]]:
     """Judged, passed, failed and marked per hospital and item."""
     counts: dict[Key, tuple[int, int, int, int]] = {}
     for *key, _, judged, passed, failed, marked, _ in combinations:
@@ -218,7 +218,7 @@ def _counts(combinations: list[Row[Any]]) -> dict[Key, tuple[int, int, int, int]
     return counts
 
 
-def _reasons(conn: Connection, combinations: list[Row[Any]],
+def _reasons(conn: Connection, combinations: list[Row[*tuple[Any, ...]]],
              counts: dict[Key, tuple[int, int, int, int]]) -> dict[Key, list[Reason]]:
     """The most frequent failing rules of each hospital's failed items (their
     ``failed_rules`` name the item's own failing rules and the study-wide ones)."""

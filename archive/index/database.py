@@ -38,7 +38,7 @@ class Database:
             )
             _sqlite_pragmas(self.engine)
         else:
-            self.engine: Engine = create_engine(
+            self.engine = create_engine(
                 parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
             )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -18,6 +19,9 @@ from botocore.exceptions import ClientError
 
 from archive.config import S3Storage
 from archive.storage import BlobNotFound, StoredBlob
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.type_defs import GetObjectRequestTypeDef  # boto3-stubs[s3], a test extra
 
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 
@@ -63,7 +67,7 @@ class S3Store:
              chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
         if length == 0:
             return iter(())
-        request = {"Bucket": self.bucket, "Key": self.prefix + key}
+        request: GetObjectRequestTypeDef = {"Bucket": self.bucket, "Key": self.prefix + key}
         if start or length is not None:
             end = "" if length is None else str(start + length - 1)
             request["Range"] = f"bytes={start}-{end}"
