@@ -169,6 +169,11 @@ class S3Storage(Section):
     multipart_threshold: int = Field(16 * 1024**2, ge=5 * 1024**2)
     multipart_chunk: int = Field(16 * 1024**2, ge=5 * 1024**2)
     max_connections: int = Field(16, ge=1)
+    # Seconds to wait for a connection and for each answer, and attempts per call,
+    # so that a store that does not answer is found out in bounded time.
+    connect_timeout: float = Field(5.0, gt=0)
+    read_timeout: float = Field(60.0, gt=0)
+    max_attempts: int = Field(3, ge=1, le=10)
 
     @field_validator("prefix")
     @classmethod

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from archive.config import Config, ConfigError, config_with_rule_sets, load_config
 from archive.tls import server_context
-from huren import audit, tokens
+from huren import audit, connections, tokens
 
 if TYPE_CHECKING:
     import ssl
@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--log-level", default="INFO")
     check_config = commands.add_parser("check-config", help="validate a configuration file")
     check_config.add_argument("config")
+    check_config.add_argument("--connect", action="store_true",
+                              help="also check that the index and the blob store answer")
     rules = commands.add_parser("guideline", help="the sharing guideline: check files, rejudge")
     actions = rules.add_subparsers(dest="action", required=True)
     judge = actions.add_parser("check", help="judge local DICOM files or folders, no server needed")
@@ -60,6 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"huren: {exc}", file=sys.stderr)
         return 2
+    if args.command == "check-config" and args.connect:
+        from archive.index.database import Database
+
+        db = Database(config.index.url, config.index.pool_size)
+        found = connections.problems(config, db)
+        db.dispose()
+        for problem in found:
+            print(f"huren: {problem}", file=sys.stderr)
+        if found:
+            return 2
     if args.command == "token":
         return tokens.run(args, config)
     if args.command == "audit":
@@ -116,7 +128,10 @@ def run(config: Config, log_level: str = "INFO") -> int:
     # Received C-STORE data and STOW parts are spooled here, next to the archive.
     tempfile.tempdir = str(spool)
     db = Database(config.index.url, config.index.pool_size)
-    db.migrate()
+    if found := connections.problems(config, db):
+        for problem in found:
+            print(f"huren: {problem}", file=sys.stderr)
+        return 2
     dimse_socket = workers.listen(config.dicom.host, config.dicom.port, "DICOM")
     http_socket = workers.listen(config.http.host, config.http.port, "HTTP")
     # DICOM over TLS is served on a port of its own, beside the plain one.

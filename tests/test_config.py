@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from archive.config import ConfigError, S3Storage, load_config
-from tests.conftest import free_port
+from tests.conftest import PG_ADMIN_URL, _postgres_answers, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -121,3 +122,40 @@ def test_hospital_addresses_must_be_networks(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, "hospitals: [{id: a, name: A, addresses: [10.0.0.0/8, somewhere]}]\n"))
     assert "hospitals.0.addresses" in str(caught.value) and "somewhere" in str(caught.value)
+
+
+def serve_and_check(tmp_path: Path, text: str) -> list[subprocess.CompletedProcess]:
+    """`huren serve` and `huren check-config --connect` on a configuration."""
+    path = write(tmp_path, f"http: {{port: {free_port()}}}\ndicom: {{host: 127.0.0.1, port: {free_port()}}}\n"
+                           f"ingest: {{spool: {tmp_path / 'spool'}}}\n" + text)
+    return [subprocess.run([sys.executable, "-m", "huren", *command], capture_output=True, text=True,
+                           timeout=120, cwd=tmp_path)
+            for command in (["serve", "--config", str(path)], ["check-config", "--connect", str(path)])]
+
+
+def test_a_missing_database_is_named_with_the_fix(tmp_path: Path) -> None:
+    if not _postgres_answers():
+        pytest.skip("PostgreSQL does not answer at 127.0.0.1:5432")
+    missing = make_url(PG_ADMIN_URL).set(database="huren_no_such_database")
+    for result in serve_and_check(tmp_path, f"index: {{url: '{missing.render_as_string(hide_password=False)}'}}\n"):
+        assert result.returncode == 2, result.stderr
+        assert "index.url" in result.stderr and "createdb" in result.stderr
+        assert "huren_no_such_database" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_a_missing_bucket_is_named(tmp_path: Path, s3_endpoint: str) -> None:
+    text = (f"storage: {{backend: s3, bucket: no-such-bucket, endpoint_url: '{s3_endpoint}', region: us-east-1}}\n"
+            f"index: {{url: 'sqlite:///{tmp_path / 'index.db'}'}}\n")
+    for result in serve_and_check(tmp_path, text):
+        assert result.returncode == 2, result.stderr
+        assert "storage (bucket 'no-such-bucket'" in result.stderr and "storage.bucket" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_check_config_connect_passes_when_both_answer(tmp_path: Path) -> None:
+    path = write(tmp_path, f"index: {{url: 'sqlite:///{tmp_path / 'index.db'}'}}\n"
+                           f"storage: {{backend: filesystem, path: {tmp_path / 'archive'}}}\n")
+    result = subprocess.run([sys.executable, "-m", "huren", "check-config", "--connect", str(path)],
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr

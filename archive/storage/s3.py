@@ -36,7 +36,9 @@ class S3Store:
             region_name=settings.region,
             config=BotoConfig(
                 max_pool_connections=settings.max_connections,
-                retries={"max_attempts": 5, "mode": "standard"},
+                connect_timeout=settings.connect_timeout,
+                read_timeout=settings.read_timeout,
+                retries={"max_attempts": settings.max_attempts, "mode": "standard"},
             ),
         )
         self.transfer = TransferConfig(
