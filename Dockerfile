@@ -19,5 +19,7 @@ RUN sed -i 's/^  host: 127.0.0.1/  host: 0.0.0.0/' /etc/huren/huren.yaml \
     && useradd --system --home /var/lib/huren --create-home huren
 USER huren
 WORKDIR /var/lib/huren
-EXPOSE 11112 8080
+# The archive folder, the SQLite index and the receive folder (./var) live here.
+VOLUME /var/lib/huren
+EXPOSE 11112 8080 2762
 CMD ["huren", "serve", "--config", "/etc/huren/huren.yaml"]
