@@ -17,10 +17,11 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, exists, false, or_, select, true, tuple_
+from sqlalchemy import BindParameter, ColumnElement, Text, and_, bindparam, cast, exists, false, or_, select, true
 
 from archive.config import Config
 from archive.guideline.marks import recognises
+from archive.guideline.rules import RuleSet
 from archive.index.schema import item_results, shares, studies
 
 
@@ -54,32 +55,75 @@ def visible(config: Config, caller: Caller, today: datetime.date | None = None) 
     if caller.sees_everything or asker_id is None:  # the second test only narrows the type
         return true()
     today = today or datetime.date.today()
-    now = datetime.datetime.now(datetime.UTC)
-    shared = exists().where(
-        shares.c.study_pk == studies.c.pk, shares.c.hospital_id == asker_id,
-        shares.c.revoked_at.is_(None), shares.c.expires_at > now,
+    key = (id(config), asker_id, today)
+    known = _remembered.get(key)
+    if known is not None and known[1] is config.rule_sets:
+        return known[2]
+    condition = _condition(config, asker_id, today)
+    if len(_remembered) >= _REMEMBERED:
+        _remembered.clear()  # yesterday's and old configurations' entries
+    _remembered[key] = (config, config.rule_sets, condition)
+    return condition
+
+
+# Conditions by (configuration, asker, day). Deciding which marks a hospital accepts takes
+# ``recognises`` for every hospital and scope (400 calls for 100 hospitals), and building the condition
+# as long again: more than a search by UID. Yet both change only with the configuration (never edited
+# in place) and the day. Each entry holds its configuration, so that id() is not reused while it is
+# here, and the rule sets it saw, which config_with_rule_sets sets in place.
+_remembered: dict[tuple[int, str, datetime.date], tuple[Config, tuple[RuleSet, ...], ColumnElement[bool]]] = {}
+_REMEMBERED = 1024  # entries; a new day needs one per hospital
+
+
+def _condition(config: Config, asker_id: str, today: datetime.date) -> ColumnElement[bool]:
+    """:func:`visible` for a hospital, decided afresh."""
+    # The time shares must outlive is read as each query runs, so the condition can be kept.
+    now = bindparam(None, callable_=lambda: datetime.datetime.now(datetime.UTC), type_=shares.c.expires_at.type)
+    # A hospital's live shares are few: both engines read them once per query, then look each study up.
+    shared = select(shares.c.study_pk).where(
+        shares.c.hospital_id == asker_id, shares.c.revoked_at.is_(None), shares.c.expires_at > now,
     )
-    return or_(studies.c.hospital_id == asker_id, shared, _recognised(config, asker_id, today))
+    # Both engines test the terms in this order, study by study: cheapest and likeliest first.
+    return or_(studies.c.hospital_id == asker_id, _recognised(config, asker_id, today), studies.c.pk.in_(shared))
 
 
 def _recognised(config: Config, asker_id: str, today: datetime.date) -> ColumnElement[bool]:
     """Studies with a passing, marked item that `asker_id` accepts.
 
     The acceptance rules are decided here, in Python, over the (few) configured
-    hospitals and scopes: the SQL only lists which (source hospital, rule set,
-    mark) triples count.
+    hospitals and scopes: the SQL only lists which source hospitals' marks count.
     """
     asker = config.hospital(asker_id)
     if asker is None:
         return false()
-    accepted = [
-        (source.id, rule_set.id, scope.code)
-        for rule_set in config.rule_sets for source in config.hospitals for scope in rule_set.scopes
-        if source.id != asker.id and recognises(rule_set, asker, source, scope.code, today)
-    ]
-    if not accepted:
+    accepted: dict[tuple[str, str], list[str]] = {}  # (rule set, mark): sources
+    for rule_set in config.rule_sets:
+        for scope in rule_set.scopes:
+            for source in config.hospitals:
+                if source.id != asker.id and recognises(rule_set, asker, source, scope.code, today):
+                    accepted.setdefault((rule_set.id, scope.code), []).append(source.id)
+    # As few lists as can be: PostgreSQL plans a list of (source, rule set, mark) rows as one OR
+    # branch per row, which took it longer than the query; marks accepted from the same sources
+    # (a hospital's band for both JJJHR and its city's mark) share one list of sources.
+    marks: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    for (rule_set_id, mark), sources in accepted.items():
+        marks.setdefault((rule_set_id, tuple(sources)), []).append(mark)
+    if not marks:
         return false()
+    # The casts change nothing but keep SQLite from seeking ix_item_results_recognised once per listed
+    # (mark, source) pair, 196 times a study for a hospital that accepts two marks of 98 hospitals.
+    marked = or_(*(and_(item_results.c.rule_set == _constant(rule_set_id),
+                        cast(item_results.c.mark, Text).in_(_constant(group)),
+                        cast(item_results.c.hospital_id, Text).in_(_constant(list(sources))))
+                   for (rule_set_id, sources), group in marks.items()))
+    # OFFSET 0 keeps the test per study: without it PostgreSQL turns the EXISTS into a hashed list of
+    # every recognised study (half the index), made in full even when a search stops after one page.
     return exists(select(item_results.c.pk).where(
-        item_results.c.study_pk == studies.c.pk, item_results.c.verdict == "pass",
-        tuple_(item_results.c.hospital_id, item_results.c.rule_set, item_results.c.mark).in_(accepted),
-    ))
+        item_results.c.study_pk == studies.c.pk, item_results.c.verdict == "pass", marked,
+    ).offset(0))
+
+
+def _constant(value: str | list[str]) -> BindParameter:
+    """`value` written into the SQL, not bound: psycopg parses a statement of over 50 parameters anew
+    each time it runs, and the lists stay the same for a hospital all day."""
+    return bindparam(None, value, expanding=isinstance(value, list), literal_execute=True)

@@ -215,5 +215,5 @@ audit_events = Table(
 )
 
 Index("ix_shares_hospital", shares.c.hospital_id, shares.c.study_pk)
-Index("ix_studies_hospital", studies.c.hospital_id)
-Index("ix_item_results_mark", item_results.c.hospital_id, item_results.c.rule_set, item_results.c.mark)
+Index("ix_item_results_recognised", item_results.c.study_pk, item_results.c.verdict, item_results.c.rule_set,
+      item_results.c.mark, item_results.c.hospital_id)

@@ -55,15 +55,14 @@ def upgrade() -> None:
     op.create_index("ix_audit_events_at", "audit_events", ["at"])
     with op.batch_alter_table("instances") as batch:
         batch.add_column(sa.Column("dataset_sha256", sa.String(64)))
-    # The sharing policy looks up a hospital's own studies and its recognised items.
-    op.create_index("ix_studies_hospital", "studies", ["hospital_id"])
-    op.create_index("ix_item_results_mark", "item_results", ["hospital_id", "rule_set", "mark"])
+    # The sharing policy tests each study for a recognised item: from this index alone, no table read.
+    op.create_index("ix_item_results_recognised", "item_results",
+                    ["study_pk", "verdict", "rule_set", "mark", "hospital_id"])
 
 
 def downgrade() -> None:
     with op.batch_alter_table("instances") as batch:
         batch.drop_column("dataset_sha256")
-    op.drop_index("ix_item_results_mark", "item_results")
-    op.drop_index("ix_studies_hospital", "studies")
+    op.drop_index("ix_item_results_recognised", "item_results")
     for table in ("audit_events", "shares", "tokens"):
         op.drop_table(table)
