@@ -130,8 +130,8 @@ class Ingest:
             return self._ingest(path, source, expected_study, check_meta)
         except DBAPIError as exc:
             # Before anything was stored (after, _ingest reports it itself): the sender retries.
-            log.error("index unavailable", extra={"path": str(path), "error": _first_line(exc)})
-            raise IngestError(Failure.OUT_OF_RESOURCES, f"index unavailable: {_first_line(exc)}") from None
+            log.error("index unavailable", extra={"path": str(path), "error": first_line(exc)})
+            raise IngestError(Failure.OUT_OF_RESOURCES, f"index unavailable: {first_line(exc)}") from None
         finally:
             try:
                 os.unlink(path)
@@ -225,8 +225,8 @@ class Ingest:
             # The sender is told to retry. The object stays: a commit whose answer was lost
             # may have happened, and its row would then point at nothing.
             log.error("index unavailable; instance not archived",
-                      extra=_log_fields(header, source, error=_first_line(exc)))
-            raise IngestError(Failure.OUT_OF_RESOURCES, f"index unavailable: {_first_line(exc)}",
+                      extra=_log_fields(header, source, error=first_line(exc)))
+            raise IngestError(Failure.OUT_OF_RESOURCES, f"index unavailable: {first_line(exc)}",
                               **ids) from None
         if existing is not None and existing.blob_key != blob.key:
             self.store.delete(existing.blob_key)
@@ -354,7 +354,7 @@ def _dataset_offset(head: bytes) -> int:
     return 144 + int.from_bytes(head[140:144], "little")
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
     """A database error's first line: the driver's message, without SQL and parameters."""
     message = str(getattr(exc, "orig", None) or exc)
     return message.strip().splitlines()[0] if message.strip() else type(exc).__name__

@@ -9,6 +9,7 @@ from sqlalchemy.exc import DBAPIError
 
 from archive.config import Config, FilesystemStorage
 from archive.index.database import Database
+from archive.ingest import first_line
 from archive.storage import open_store
 
 
@@ -19,7 +20,7 @@ def problems(config: Config, db: Database) -> list[str]:
         db.migrate()
     except DBAPIError as exc:
         url = make_url(config.index.url)
-        message = f"index.url ({url.render_as_string(hide_password=True)}): {_first_line(exc)}"
+        message = f"index.url ({url.render_as_string(hide_password=True)}): {first_line(exc)}"
         if "does not exist" in message and url.get_backend_name() == "postgresql":
             message += (f"; create it with: createdb -h {url.host or 'localhost'} -p {url.port or 5432}"
                         f" -U {url.username or 'postgres'} {url.database}")
@@ -29,14 +30,9 @@ def problems(config: Config, db: Database) -> list[str]:
     except Exception as exc:  # each store raises its own kind; all of them mean "not usable"
         storage = config.storage
         if isinstance(storage, FilesystemStorage):
-            found.append(f"storage.path ({storage.path}): {_first_line(exc)}")
+            found.append(f"storage.path ({storage.path}): {first_line(exc)}")
         else:
             found.append(f"storage (bucket {storage.bucket!r} at {storage.endpoint_url or 'AWS'}): "
-                         f"{_first_line(exc)}; check storage.bucket, storage.endpoint_url and the "
+                         f"{first_line(exc)}; check storage.bucket, storage.endpoint_url and the "
                          "credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or ~/.aws)")
     return found
-
-
-def _first_line(exc: Exception) -> str:
-    message = str(getattr(exc, "orig", None) or exc).strip()
-    return message.splitlines()[0] if message else type(exc).__name__
