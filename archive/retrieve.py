@@ -25,6 +25,7 @@ class Located:
     size: int
     frames: str | None
     bulk: str | None
+    sha256: str = ""  # of the stored object: names its content (HTTP entity tags)
 
 
 def locate(db: Database, study_uid: str, series_uid: str | None = None,
@@ -37,7 +38,7 @@ def locate(db: Database, study_uid: str, series_uid: str | None = None,
     statement = _scoped(
         [studies.c.study_uid, series.c.series_uid, instances.c.sop_uid, instances.c.sop_class_uid,
          instances.c.transfer_syntax, instances.c.blob_key, instances.c.size, instances.c.frames,
-         instances.c.bulk],
+         instances.c.bulk, instances.c.sha256],
         study_uid, series_uid, sop_uid, visible,
     )
     with db.reading() as conn:
