@@ -99,6 +99,12 @@ def revoke(db: Database, token_id: str) -> bool:
         return conn.execute(select(tokens.c.pk).where(tokens.c.token_id == token_id)).first() is not None
 
 
+def token_id(presented: str) -> str | None:
+    """The public id of a string shaped like a Huren token; ``None`` if it is not one."""
+    match = _FORMAT.fullmatch(presented)
+    return None if match is None else match[1]
+
+
 def verify(db: Database, presented: str, now: datetime.datetime) -> TokenInfo | None:
     """The token `presented` stands for, if it is genuine and valid at `now`; else ``None``.
 
@@ -106,11 +112,11 @@ def verify(db: Database, presented: str, now: datetime.datetime) -> TokenInfo | 
     constant time so the time taken tells nothing about how much of a guessed
     secret is right. (Whether a token id exists is not hidden: ids are public.)
     """
-    match = _FORMAT.fullmatch(presented)
-    if match is None:
+    public_id = token_id(presented)
+    if public_id is None:
         return None
     with db.reading() as conn:
-        row = conn.execute(select(tokens).where(tokens.c.token_id == match[1])).first()
+        row = conn.execute(select(tokens).where(tokens.c.token_id == public_id)).first()
     if row is None or not hmac.compare_digest(row.secret_sha256, digest(presented)):
         return None
     info = _info(row)

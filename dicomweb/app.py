@@ -67,7 +67,7 @@ def build_app(config: Config, db: Database, store: BlobStore, ingest: Ingest, sp
     routes += [Mount(root, routes=dicomweb)] if root else dicomweb
     app = Starlette(routes=routes, exception_handlers={HTTPException: error_response})
     # Authentication first, CORS after: the middleware added last is outermost.
-    auth.install(app, config, db)
+    auth.install(app, config, db, audit)
     cors.install(app, config)
     app.state.config = config
     app.state.db = db

@@ -40,6 +40,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from archive import tokens
+from archive.audit import AuditEvent, AuditTrail
 from archive.config import Config, ConfigError, Oidc
 from archive.index.database import Database
 from archive.policy import Caller
@@ -58,8 +59,11 @@ CACHE_ENTRIES = 4096
 LEEWAY_SECONDS = 30
 
 
-def install(app: Starlette, config: Config, db: Database) -> None:
+def install(app: Starlette, config: Config, db: Database, audit: AuditTrail) -> None:
     """Make every request of `app` say who calls (see the module docstring).
+
+    Requests refused for their credentials are recorded in `audit` as
+    denied logins.
 
     Call before :func:`dicomweb.cors.install`: Starlette's ``add_middleware``
     wraps the application, so the middleware added last is the outermost, and
@@ -71,7 +75,7 @@ def install(app: Starlette, config: Config, db: Database) -> None:
     the start (Starlette makes middleware only when the first request comes).
     """
     oidc = OidcVerifier(config.access.oidc) if config.access.oidc is not None else None
-    app.add_middleware(Authentication, config=config, db=db, oidc=oidc)
+    app.add_middleware(Authentication, config=config, db=db, oidc=oidc, audit=audit)
 
 
 class Authentication:
@@ -82,11 +86,12 @@ class Authentication:
     """
 
     def __init__(self, app: ASGIApp, config: Config, db: Database, oidc: OidcVerifier | None,
-                 cache_seconds: float = CACHE_SECONDS) -> None:
+                 audit: AuditTrail, cache_seconds: float = CACHE_SECONDS) -> None:
         self.app = app
         self.config = config
         self.db = db
         self.oidc = oidc
+        self.audit = audit
         self.cache_seconds = cache_seconds
         # Token SHA-256 -> (monotonic time it is good until, caller). Read and
         # written on the event loop only, so it needs no lock.
@@ -113,6 +118,7 @@ class Authentication:
         presented = _bearer(Headers(scope=scope))
         if presented is None:
             log.info("authentication required", extra={"address": address, "path": scope["path"]})
+            self._denied("anonymous", address, scope, "no bearer token")
             return _unauthorized(None)
         try:
             caller = await self.identify(presented)
@@ -123,8 +129,14 @@ class Authentication:
                                           "try again later", "status": 503}, status_code=503)
         if caller is None:
             log.info("bearer token refused", extra={"address": address, "path": scope["path"]})
+            self._denied(_claimed_actor(presented), address, scope, "bearer token not accepted")
             return _unauthorized("The access token is not accepted")
         return caller
+
+    def _denied(self, actor: str, address: str | None, scope: Scope, reason: str) -> None:
+        """Record a request refused for its credentials (a failed login, PS3.15 A.5.3.12)."""
+        self.audit.record(AuditEvent("login", "denied", Caller("http", actor, address=address),
+                                     detail=f"{reason}: {scope['method']} {scope['path']}"))
 
     async def identify(self, presented: str) -> Caller | None:
         """The caller `presented` speaks for, without an address; ``None`` if it is not accepted.
@@ -239,6 +251,22 @@ def _unguarded(scope: Scope) -> bool:
     # A CORS preflight (Fetch standard §3.2.2) never carries credentials.
     headers = Headers(scope=scope)
     return "origin" in headers and "access-control-request-method" in headers
+
+
+def _claimed_actor(presented: str) -> str:
+    """Who a refused token claims to be, for the audit trail: a Huren token's public id, an OIDC
+    token's unverified subject; never the token itself."""
+    token_id = tokens.token_id(presented)
+    if token_id is not None:
+        return token_id
+    if presented.count(".") == 2:
+        try:
+            subject = jwt.decode(presented, options={"verify_signature": False}).get("sub")
+        except jwt.PyJWTError:
+            subject = None
+        if isinstance(subject, str) and subject:
+            return f"oidc:{subject[:64]} (unverified)"
+    return "unknown bearer token"
 
 
 def _bearer(headers: Headers) -> str | None:

@@ -25,10 +25,9 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from sqlalchemy import update
+from sqlalchemy import select, update
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -37,8 +36,9 @@ from starlette.testclient import TestClient
 from archive import tokens
 from archive.config import Config
 from archive.guideline.compliance import Compliance
+from archive.index.schema import audit_events
 from archive.index.schema import tokens as token_table
-from dicomweb import auth, cors
+from dicomweb import auth
 from dicomweb.app import build_app
 from dicomweb.auth import Authentication
 from tests.conftest import Archive, audit_trail, free_port
@@ -71,11 +71,6 @@ def make_app(config: Config, archive: Archive) -> Starlette:
     app = build_app(config, archive.db, archive.store, archive.ingest, archive.folder / "spool",
                     Compliance(archive.db, config), audit_trail(archive.db))
     app.router.routes.append(Route("/test/caller", who))
-    # Until build_app installs them itself; in this order, so CORS is outermost.
-    if not any(m.cls is Authentication for m in app.user_middleware):
-        auth.install(app, config, archive.db)
-    if not any(m.cls is CORSMiddleware for m in app.user_middleware):
-        cors.install(app, config)
     return app
 
 
@@ -139,6 +134,25 @@ def test_bad_tokens_are_refused(client: TestClient, archive: Archive, caplog: py
                for record in caplog.records for secret in (good, expired, revoked))
 
 
+def test_refused_requests_are_audited_as_failed_logins(client: TestClient, archive: Archive) -> None:
+    info, good = tokens.create(archive.db, hospital_id="bj-a", admin=False, expires_days=None)
+    forged = good[:-1] + ("1" if good.endswith("0") else "0")
+    unsigned = jwt.encode({"sub": "u-77", "iss": ISSUER}, "not the provider's key", algorithm="HS256")
+    for headers in ({}, bearer(forged), bearer(unsigned), bearer("nonsense")):
+        assert client.get("/dicom-web/studies", headers=headers).status_code == 401
+    client.app.state.audit.flush()
+    with archive.db.reading() as conn:
+        rows = conn.execute(select(audit_events.c.door, audit_events.c.action, audit_events.c.outcome,
+                                   audit_events.c.actor, audit_events.c.detail)
+                            .order_by(audit_events.c.pk)).all()
+    assert [row[:3] for row in rows] == [("http", "login", "denied")] * 4
+    # Who the credential claimed to be, never the credential.
+    assert [row.actor for row in rows] == ["anonymous", info.token_id, "oidc:u-77 (unverified)",
+                                           "unknown bearer token"]
+    assert rows[0].detail == "no bearer token: GET /dicom-web/studies"
+    assert all(good.split("_")[2][:-1] not in row.detail for row in rows)
+
+
 def test_a_hospital_token_carries_its_hospital(client: TestClient, archive: Archive) -> None:
     info, presented = tokens.create(archive.db, hospital_id="tj-b", admin=False, expires_days=30)
     assert client.get("/test/caller", headers=bearer(presented)).json() == {
@@ -185,7 +199,7 @@ def test_a_verified_token_is_remembered_for_a_bounded_time(archive: Archive, mon
     config = Config.model_validate({"hospitals": HOSPITALS})
     app = Starlette(routes=[Route("/test/caller", who)],
                     middleware=[Middleware(Authentication, config=config, db=archive.db, oidc=None,
-                                           cache_seconds=0.5)])
+                                           audit=audit_trail(archive.db), cache_seconds=0.5)])
     info, presented = tokens.create(archive.db, hospital_id="bj-a", admin=False, expires_days=None)
     lookups = []
     verify = tokens.verify
@@ -346,4 +360,4 @@ def test_an_unreadable_key_file_is_named(archive: Archive, tmp_path: Path) -> No
     (tmp_path / "not-a-key.pem").write_text("hello")
     for path, message in ((tmp_path / "missing.pem", "cannot read"), (tmp_path / "not-a-key.pem", "not a PEM")):
         with pytest.raises(ConfigError, match=f"access.oidc.key_file: .*{message}"):
-            auth.install(Starlette(), oidc_config(key_file=str(path)), archive.db)
+            auth.install(Starlette(), oidc_config(key_file=str(path)), archive.db, audit_trail(archive.db))
