@@ -9,6 +9,7 @@ from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -19,7 +20,7 @@ from archive.guideline.compliance import Compliance
 from archive.index.database import Database
 from archive.ingest import Ingest
 from archive.storage import BlobStore
-from dicomweb import auth, bulkdata, cors, qido, quality, recognition, shares, stow, wado
+from dicomweb import auth, bulkdata, cors, qido, quality, recognition, rendered, shares, stow, wado, wadouri
 from dicomweb.errors import error_response
 
 
@@ -46,6 +47,11 @@ def build_app(config: Config, db: Database, store: BlobStore, ingest: Ingest, sp
         Route(instance + "/metadata", wado.retrieve_metadata, methods=["GET"]),
         Route(instance + "/frames/{frames}", bulkdata.frames, methods=["GET"]),
         Route(instance + "/bulkdata/{path:path}", bulkdata.bulkdata, methods=["GET"]),
+        *[Route(level + "/rendered", rendered.rendered, methods=["GET"])
+          for level in (study, series, instance, instance + "/frames/{frames}")],
+        *[Route(level + "/thumbnail", rendered.thumbnail, methods=["GET"])
+          for level in (study, series, instance, instance + "/frames/{frames}")],
+        Route("/wado", wadouri.wado, methods=["GET"]),
     ]
     root = config.http.dicomweb_root
     api = [
@@ -65,7 +71,13 @@ def build_app(config: Config, db: Database, store: BlobStore, ingest: Ingest, sp
         Mount("/api", routes=api),
     ]
     routes += [Mount(root, routes=dicomweb)] if root else dicomweb
+    if root:  # WADO-URI links are often written against the server's root (PS3.18 §9)
+        routes.append(Route("/wado", wadouri.wado, methods=["GET"]))
     app = Starlette(routes=routes, exception_handlers={HTTPException: error_response})
+    # JSON (metadata, searches) compressed for clients that accept gzip; pixels and
+    # DICOM objects are compressed already or too large to be worth the CPU.
+    app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=6, exclude_content_types=(
+        "multipart/*", "image/*", "video/*", "application/dicom", "application/octet-stream"))
     # Authentication first, CORS after: the middleware added last is outermost.
     auth.install(app, config, db, audit)
     cors.install(app, config)
@@ -77,6 +89,7 @@ def build_app(config: Config, db: Database, store: BlobStore, ingest: Ingest, sp
     app.state.compliance = compliance
     app.state.audit = audit
     app.state.root = root
+    app.state.thumbnails = rendered.Thumbnails()
     return app
 
 

@@ -57,7 +57,7 @@ Part = tuple[dict[str, str], Iterator[bytes]]
 
 def frames(request: Request) -> Response:
     """``GET .../instances/{instance}/frames/{n[,n...]}``."""
-    numbers = _frame_numbers(request.path_params["frames"])
+    numbers = frame_numbers(request.path_params["frames"])
     [item] = located(request)
     try:
         return _pixels(request, item, numbers)
@@ -140,7 +140,7 @@ def _choose(request: Request, item: Located) -> tuple[str, str]:
     raise not_acceptable(accept, reason or f'multipart/related; type="{stored_type}" or "{OCTETS}"')
 
 
-def _frame_numbers(raw: str) -> list[int]:
+def frame_numbers(raw: str) -> list[int]:
     try:
         numbers = [int(n) for n in raw.split(",")]
     except ValueError:

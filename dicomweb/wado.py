@@ -38,7 +38,7 @@ def retrieve(request: Request) -> Response:
     found = located(request)
     syntax, single = _negotiate(request, found)
     if single and len(found) == 1:
-        return _single(request, found[0], syntax)
+        return single_part(request, found[0], syntax)
     store = request.app.state.store
     boundary = new_boundary()
 
@@ -132,7 +132,7 @@ def _bits_allocated(request: Request) -> dict[str, int]:
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
-def _single(request: Request, item: Located, syntax: str | None) -> Response:
+def single_part(request: Request, item: Located, syntax: str | None) -> Response:
     """One instance as a single-part ``application/dicom`` answer, with ``Range`` (RFC 9110 §14)."""
     as_stored = syntax in (None, "*") or syntax == item.transfer_syntax
     sent_syntax = item.transfer_syntax if as_stored else syntax
