@@ -1,0 +1,286 @@
+"""OHIF, the web viewer radiologists use, in a real browser against ``huren serve`` (issue 10, part 8).
+
+OHIF's built app (npm ``@ohif/app``'s ``dist/``, fetched by ``.ci/run`` into
+``tests/viewer/ohif``) is served by a small static server on its own 127.0.0.1
+port, and Debian's Chromium, driven headless by ``tests/viewer/drive.mjs``
+(playwright-core), opens a study in the viewer with a hospital's bearer token,
+goes back to the study list and opens the CT from there. Twice: once with OHIF
+calling Huren straight from its own origin (CORS, ``access.cors.origins``), once
+with the static server also passing ``/dicom-web`` on to Huren, as a reverse
+proxy in front of both would (one origin, no CORS).
+
+What is checked is what a radiologist sees: on the pixels of the screenshots,
+the patients' names drawn in the list where the page says they are and the CT
+drawn with its window (lungs black, soft tissue mid-grey, bone white); and that
+no DICOMweb request failed. The screenshots are kept under the folder the test
+prints (``tests/viewer/artefacts/``, ignored by git).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from PIL import Image
+from pydicom.uid import UltrasoundMultiFrameImageStorage
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
+
+from bench.studies import Exam, ct_study, mr_study
+from tests.conftest import ROOT, Huren, free_port, huren_config
+from tests.factory import instance, write
+
+VIEWER = ROOT / "tests" / "viewer"
+OHIF = VIEWER / "ohif"
+ARTEFACTS = VIEWER / "artefacts"
+CHROMIUM = Path("/usr/bin/chromium")
+HOSPITAL = {"id": "bj-a", "name": "北京甲医院", "ae_titles": ["MODALITY"], "level": "三级甲等", "region": "BJ"}
+# One patient per study; the CT's name is Chinese (ISO_IR 192), in all three groups of the list.
+CT_EXAM = Exam("WANG^XIAODONG=王^小东", "VIEW-CT-1", "20261130", "ACC-VIEW-CT")
+MR_EXAM = Exam("MUELLER^HANS", "VIEW-MR-1", "20261129", "ACC-VIEW-MR")
+# As many Chinese modalities send it: ideographs in the first group (OHIF lists only that one).
+US_NAME = "李娜^Li Na"
+# Until dicomweb's /thumbnail lands, OHIF draws its thumbnails from WADO-RS frames.
+THUMBNAILS = "wadors"
+US_ACCESSION = "ACC-VIEW-US"
+# The names as OHIF's study list writes them (family, given).
+LISTED = ["WANG, XIAODONG", "MUELLER, HANS", "李娜, Li Na"]
+DRIVE_TIMEOUT_MS = 120_000
+
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM.exists() and shutil.which("node") and (OHIF / "index.html").exists()
+         and (VIEWER / "node_modules" / "playwright-core").exists()),
+    reason="needs Debian's chromium, node, and tests/viewer set up (bash .ci/run installs all three)",
+)
+
+
+@dataclass
+class Studies:
+    """The studies loaded into Huren, by the UID of each."""
+
+    ct: str
+    mr: str
+    us: str
+
+
+def us_cine(folder: Path) -> Path:
+    """A 24-frame 8-bit ultrasound cine loop: a sector with a beating ellipse (US Multi-frame)."""
+    rows, columns, frames = 480, 640, 24
+    y, x = np.mgrid[0:rows, 0:columns].astype(np.float32)
+    angle = np.arctan2(x - columns / 2, y + 40)
+    radius = np.hypot(x - columns / 2, y + 40)
+    sector = (np.abs(angle) < 0.6) & (radius < rows)
+    cine = np.zeros((frames, rows, columns), dtype=np.uint8)
+    for k in range(frames):
+        beat = 1 + 0.15 * np.sin(2 * np.pi * k / frames)
+        cavity = ((x - columns / 2) / (90 * beat)) ** 2 + ((y - 260) / (70 * beat)) ** 2 <= 1
+        cine[k][sector] = (110 + 30 * np.sin(radius[sector] / 7 + k)).astype(np.uint8)
+        cine[k][sector & cavity] = 15
+    ds = instance(
+        rows=rows, columns=columns, frames=frames, SOPClassUID=UltrasoundMultiFrameImageStorage,
+        Modality="US", SpecificCharacterSet="ISO_IR 192", PatientName=US_NAME, PatientID="VIEW-US-1",
+        AccessionNumber=US_ACCESSION, StudyDate="20261128", StudyDescription="US HEART",
+        BodyPartExamined="HEART", BitsAllocated=8, BitsStored=8, HighBit=7,
+        FrameTime="40", FrameIncrementPointer=0x00181063, PixelData=cine.tobytes(),
+    )
+    return write(ds, folder / "us.dcm")
+
+
+@pytest.fixture(scope="module")
+def huren(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Huren, int, Studies]]:
+    """Huren with one hospital and its studies; CORS open to the port the viewer will be served on."""
+    workdir = tmp_path_factory.mktemp("huren")
+    viewer_port = free_port()
+    config = huren_config(workdir, hospitals=[HOSPITAL],
+                          access={"cors": {"origins": [f"http://127.0.0.1:{viewer_port}"]}})
+    server = Huren(workdir, config).start()
+    try:
+        data = workdir / "studies"
+        ct = ct_study(data / "ct", thin_slices=50, thick_slices=0, exam=CT_EXAM, seed=10)
+        mr = mr_study(data / "mr", sequences=2, slices=12, exam=MR_EXAM, seed=11)
+        us = us_cine(data / "us")
+        for files in (ct, mr, [us]):
+            sent = server.storescu(*files, calling="MODALITY")
+            assert sent.returncode == 0, sent.stderr
+        uid = {name: str(read_uid(files[0])) for name, files in (("ct", ct), ("mr", mr), ("us", [us]))}
+        yield server, viewer_port, Studies(**uid)
+    finally:
+        server.stop()
+
+
+def read_uid(path: Path) -> str:
+    from pydicom import dcmread
+
+    return dcmread(path, stop_before_pixels=True).StudyInstanceUID
+
+
+class SinglePageApp(StaticFiles):
+    """OHIF's files; any other path is one of its routes (``/viewer``), answered with index.html."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        try:
+            return await super().get_response(path, scope)
+        except HTTPException as error:
+            if error.status_code != 404:
+                raise
+            return await super().get_response("index.html", scope)
+
+
+def viewer_app(dicomweb: str, huren_dicomweb: str | None) -> Starlette:
+    """OHIF with its configuration pointed at `dicomweb`; with `huren_dicomweb`, ``/dicom-web``
+    is passed on to Huren, Host header and all, so Huren's URLs name this origin."""
+    setting = json.dumps({"dicomweb": dicomweb, "thumbnailRendering": THUMBNAILS})
+    config = f"window.HUREN = {setting};\n" + (VIEWER / "app-config.js").read_text()
+
+    async def app_config(request: Request) -> Response:
+        return Response(config, media_type="text/javascript")
+
+    routes: list[Any] = [Route("/app-config.js", app_config)]
+    if huren_dicomweb is not None:
+        client = httpx.AsyncClient(timeout=60)
+
+        async def proxy(request: Request) -> Response:
+            url = huren_dicomweb + request.url.path.removeprefix("/dicom-web")
+            forwarded = client.build_request(
+                request.method, httpx.URL(url, query=request.url.query.encode()),
+                headers=[(k, v) for k, v in request.headers.items() if k.lower() != "content-length"],
+                content=await request.body())
+            answer = await client.send(forwarded, stream=True)
+            headers = {k: v for k, v in answer.headers.items()
+                       if k.lower() not in ("content-length", "transfer-encoding", "connection")}
+            return StreamingResponse(answer.aiter_raw(), status_code=answer.status_code, headers=headers,
+                                     background=BackgroundTask(answer.aclose))
+
+        routes.append(Route("/dicom-web/{path:path}", proxy, methods=["GET", "POST", "DELETE"]))
+    routes.append(Mount("/", SinglePageApp(directory=OHIF)))
+    return Starlette(routes=routes)
+
+
+class Site:
+    """An ASGI app served by uvicorn in a thread on 127.0.0.1:`port`."""
+
+    def __init__(self, app: Starlette, port: int) -> None:
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{port}"
+
+    def __enter__(self) -> Site:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "the viewer's server did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+def drive(job: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Run tests/viewer/drive.mjs on `job`; its report, with the screenshots in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "job.json"
+    path.write_text(json.dumps({**job, "out": str(out), "timeout": DRIVE_TIMEOUT_MS}))
+    done = subprocess.run(["node", str(VIEWER / "drive.mjs"), str(path)], cwd=VIEWER,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    (out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    return report
+
+
+def grey(path: Path, box: dict[str, float] | None = None) -> np.ndarray:
+    """A screenshot as grey levels 0-255, cropped to a box in CSS pixels (x, y, width, height)."""
+    image = Image.open(path).convert("L")
+    if box is not None:
+        image = image.crop((round(box["x"]), round(box["y"]),
+                            round(box["x"] + box["width"]), round(box["y"] + box["height"])))
+    return np.asarray(image, dtype=np.float32)
+
+
+def image_point(viewport: np.ndarray, shape: tuple[int, int], x: float, y: float) -> float:
+    """The median grey around a point of an image of `shape` (rows, columns) drawn fitted and
+    centred in `viewport`; `x`, `y` in [-1, 1] across its columns and down its rows, as
+    bench.studies draws its phantoms."""
+    height, width = viewport.shape
+    rows, columns = shape
+    scale = min(width / columns, height / rows)
+    column = (width - scale * columns) / 2 + (x + 1) / 2 * columns * scale
+    row = (height - scale * rows) / 2 + (y + 1) / 2 * rows * scale
+    r, c = round(row), round(column)
+    return float(np.median(viewport[r - 3 : r + 4, c - 3 : c + 4]))
+
+
+def check_viewer(report: dict[str, Any], out: Path) -> None:
+    """What a radiologist sees in the screenshots of one run of drive.mjs, and no failed request."""
+    assert "error" not in report, f"{report['error']} (screenshot: {out / 'error.png'})"
+    assert report["failed"] == [], report["failed"]
+    assert report["pageErrors"] == [], report["pageErrors"]
+    assert report["console"] == [], report["console"]
+
+    # Every study's row, its patient's name drawn where the page says (text strokes on the
+    # list's dark background: neither an empty cell nor a filled block).
+    for name, box in report["names"].items():
+        assert box is not None, f"{name} not in the study list"
+        cell = grey(out / "list.png", box)
+        ink = np.mean(np.abs(cell - np.median(cell)) > 60)
+        assert 0.02 < ink < 0.6, f"{name}: {ink:.3f} of its cell differs from the background"
+
+    # The MR it opened on (window 600/1200): white matter grey, air black.
+    mr = grey(out / "entry.png", report["viewports"]["entry"])
+    assert image_point(mr, (256, 256), 0, 0) > 80 > 20 > image_point(mr, (256, 256), -0.9, -0.9)
+
+    # The CT opened from the list, drawn with its first window (40/400 HU): air and lungs
+    # black, soft tissue mid-grey, vertebra white. Unwindowed (0-4095 stored), all would be dark.
+    ct = grey(out / "ct.png", report["viewports"]["ct"])
+    air, lung = image_point(ct, (512, 512), 0, -0.9), image_point(ct, (512, 512), -0.33, 0.0)
+    tissue, bone = image_point(ct, (512, 512), 0.65, 0.05), image_point(ct, (512, 512), 0, 0.4)
+    assert air < 30 and lung < 30, (air, lung)
+    assert 80 < tissue < 180, tissue
+    assert bone > 220, bone
+
+    # The ultrasound cine: its sector drawn, the cavity in it dark, outside the sector black.
+    us = grey(out / "us.png", report["viewports"]["us"])
+    sector, cavity = image_point(us, (480, 640), 0, -0.4), image_point(us, (480, 640), 0, 0.08)
+    outside = image_point(us, (480, 640), -0.95, -0.9)
+    assert sector > 80 and cavity < 60 and outside < 20, (sector, cavity, outside)
+
+
+@pytest.mark.parametrize("origin", ["cross-origin", "same-origin"])
+def test_ohif_reads_huren(huren: tuple[Huren, int, Studies], origin: str) -> None:
+    """OHIF lists Huren's studies by name and draws the CT windowed, from its own origin or Huren's."""
+    server, port, studies = huren
+    token = server.token(HOSPITAL["id"])
+    if origin == "cross-origin":
+        dicomweb, app = server.dicomweb, viewer_app(server.dicomweb, None)
+    else:
+        dicomweb = f"http://127.0.0.1:{port}/dicom-web"
+        app = viewer_app(dicomweb, server.dicomweb)
+    out = ARTEFACTS / origin
+    shutil.rmtree(out, ignore_errors=True)
+    print(f"screenshots: {out}")
+    with Site(app, port) as site:
+        report = drive({"app": site.url, "dicomweb": dicomweb, "token": token, "entry": studies.mr,
+                        "names": LISTED,
+                        "open": [{"row": CT_EXAM.accession, "name": "ct"}, {"row": US_ACCESSION, "name": "us"}]}, out)
+    check_viewer(report, out)
+    frames = [r for r in report["requests"] if "/frames/" in r["url"]]
+    assert {studies.ct, studies.mr, studies.us} <= {r["url"].split("/studies/")[1].split("/")[0] for r in frames}
