@@ -3,8 +3,10 @@
 Order of work, which is what makes a crash harmless:
 
 1. the received file is hashed and its header parsed (nothing written yet);
-2. the object is put in the blob store, durably, under its final key;
-3. the index rows are committed.
+2. the object is put in the blob store, durably, under its final key — or,
+   when the store fails or takes longer than ``storage.queue.after``, in the
+   outage queue (:mod:`archive.outbox`), durably, to be uploaded later;
+3. the index rows are committed (with the queue's row when queued).
 
 A crash before 3 leaves no index row, so the instance is not visible and the
 sender, having had no success status, sends it again; the second put simply
@@ -29,10 +31,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from archive.config import OutageQueue
 from archive.header import InstanceHeader, UnreadableInstance, read_header
 from archive.index.database import Database
 from archive.index.schema import instances, patients, series, studies
-from archive.storage import BlobStore, instance_key
+from archive.outbox import Outbox, Queued, QueueFull
+from archive.storage import BlobStore, StoreUnavailable, instance_key
 
 log = logging.getLogger("huren.ingest")
 
@@ -106,10 +110,14 @@ class Stored:
 class Ingest:
     """Archive received Part-10 files: blob store first, then the index."""
 
-    def __init__(self, db: Database, store: BlobStore, on_conflict: str = "reject") -> None:
+    def __init__(self, db: Database, store: BlobStore, on_conflict: str = "reject",
+                 queue: OutageQueue | None = None) -> None:
+        """`queue` is the outage queue's settings; ``None``: no queue (a store that
+        fails refuses the instance, 0xA700)."""
         self.db = db
         self.store = store
         self.on_conflict = on_conflict
+        self.outbox = Outbox(db, store, queue or OutageQueue(max_bytes=0))
         self._upserts = _upserts(db.is_sqlite)
 
     def ingest(self, path: Path, source: Source, *, expected_study: str | None = None,
@@ -176,21 +184,25 @@ class Ingest:
             raise IngestError(Failure.STUDY_OF_ANOTHER_HOSPITAL,
                               f"study {header.study_uid} belongs to another hospital", **ids)
         key = instance_key(header.study_uid, header.series_uid, header.sop_uid)
+        # A new version of an object still queued queues behind it, so versions reach the store in order.
+        behind = existing is not None and self.outbox.enabled and self._queued(key)
         try:
-            blob = self.store.put(key, path, sha256)
+            placed = self.outbox.put(key, path, sha256, behind_queue=behind)
+        except (StoreUnavailable, QueueFull) as exc:
+            log.error("instance refused: %s", exc, extra=_log_fields(header, source))
+            raise IngestError(Failure.OUT_OF_RESOURCES, str(exc), **ids) from None
         except OSError as exc:
+            log.error("instance refused: cannot write the object", extra=_log_fields(header, source, error=str(exc)))
             raise IngestError(Failure.OUT_OF_RESOURCES, f"cannot write the object: {exc}", **ids) from None
-        except Exception as exc:
-            log.exception("blob store failed", extra=_log_fields(header, source))
-            raise IngestError(Failure.OUT_OF_RESOURCES, f"the blob store failed: {exc}", **ids) from None
+        queued = placed if isinstance(placed, Queued) else None
 
         row = {
             **header.instance,
             "sop_uid": header.sop_uid,
             "sop_class_uid": header.sop_class_uid,
             "transfer_syntax": header.transfer_syntax,
-            "blob_key": blob.key,
-            "size": blob.size,
+            "blob_key": key,
+            "size": placed.size,
             "sha256": sha256,
             "dataset_sha256": dataset_sha256,
             "frames": None if header.frames is None else orjson.dumps(header.frames).decode(),
@@ -202,11 +214,13 @@ class Ingest:
             "received_at": datetime.now(UTC),
         }
         try:
-            self._index(header, source, row, replace=existing is not None)
+            superseded = self._index(header, source, row, replace=existing is not None, queued=queued)
         except _Misplaced as exc:
-            if existing is None or existing.blob_key != blob.key:
+            if queued is not None:
+                self.outbox.discard(queued.file)
+            elif existing is None or existing.blob_key != key:
                 # The key holds this study's UID and no row points at it: the object is nobody else's.
-                self.store.delete(blob.key)
+                self.store.delete(key)
             log.warning("instance refused: %s", exc.failure.name.lower(), extra=_log_fields(header, source))
             if exc.failure is Failure.SERIES_OF_ANOTHER_STUDY:
                 message = (f"Series Instance UID {header.series_uid} belongs to study "
@@ -216,23 +230,32 @@ class Ingest:
             raise IngestError(exc.failure, message, **ids) from None
         except IntegrityError:
             # Another association archived the same SOP Instance UID a moment ago.
+            if queued is not None:
+                self.outbox.discard(queued.file)
             again = self._existing(header.sop_uid)
             if again is not None and _same(again, sha256, dataset_sha256):
                 return self._result(Outcome.DUPLICATE, header)
             raise IngestError(Failure.PROCESSING_FAILURE,
                               f"SOP Instance UID {header.sop_uid} was archived concurrently", **ids) from None
         except DBAPIError as exc:
-            # The sender is told to retry. The object stays: a commit whose answer was lost
-            # may have happened, and its row would then point at nothing.
+            # The sender is told to retry. The object (or queue file) stays: a commit whose
+            # answer was lost may have happened, and its row would then point at nothing.
             log.error("index unavailable; instance not archived",
                       extra=_log_fields(header, source, error=first_line(exc)))
             raise IngestError(Failure.OUT_OF_RESOURCES, f"index unavailable: {first_line(exc)}",
                               **ids) from None
-        if existing is not None and existing.blob_key != blob.key:
+        if superseded is not None:
+            self.outbox.discard(superseded)
+        if existing is not None and existing.blob_key != key:
             self.store.delete(existing.blob_key)
         outcome = Outcome.REPLACED if existing is not None else Outcome.STORED
-        log.info("instance %s", outcome.value, extra=_log_fields(header, source, size=blob.size))
+        log.info("instance %s%s", outcome.value, " (queued: not yet in the store)" if queued else "",
+                 extra=_log_fields(header, source, size=placed.size))
         return self._result(outcome, header)
+
+    def _queued(self, key: str) -> bool:
+        with self.db.reading() as conn:
+            return self.outbox.held(conn, key) is not None
 
     def _existing(self, sop_uid: str):
         with self.db.reading() as conn:
@@ -259,7 +282,10 @@ class Ingest:
                 .where(series.c.series_uid == series_uid)
             ).scalar_one_or_none() or "?"
 
-    def _index(self, header: InstanceHeader, source: Source, row: dict, *, replace: bool) -> None:
+    def _index(self, header: InstanceHeader, source: Source, row: dict, *, replace: bool,
+               queued: Queued | None = None) -> str | None:
+        """Commit the instance's rows (and its queue row); returns the queue file of a
+        version this one supersedes, to remove now that nothing points at it."""
         now = row["received_at"]
         patient = dict(header.patient)
         patient["id_scope"] = patient.pop("issuer") or source.hospital_id or ""
@@ -282,6 +308,7 @@ class Ingest:
                 conn.execute(update(instances).where(instances.c.sop_uid == header.sop_uid).values(row))
             else:
                 conn.execute(instances.insert(), row)
+            return None if queued is None else self.outbox.add_row(conn, queued)
 
     @staticmethod
     def _result(outcome: Outcome, header: InstanceHeader) -> Stored:

@@ -94,11 +94,11 @@ def transcoded(chunks: Iterable[bytes], target: str) -> bytes:
         return out.getvalue()
     check(ds.file_meta.TransferSyntaxUID, target, ds.get("BitsAllocated"))
     if "PixelData" in ds and ds.file_meta.TransferSyntaxUID.is_compressed:
-        ds.decompress()
+        ds.decompress(generate_instance_uid=False)
     syntax = UID(target)
     if "PixelData" in ds and syntax in BY_PYDICOM:
         try:
-            ds.compress(syntax)
+            ds.compress(syntax, generate_instance_uid=False)
         except (ValueError, RuntimeError) as exc:
             raise CannotTranscode(f"{syntax.name}: {exc}") from None
     elif "PixelData" in ds and syntax in BY_LIBJPEG:
@@ -133,12 +133,12 @@ def encoded_frame(frame: np.ndarray, ds: Dataset, target: str) -> bytes:
     samples = int(ds.get("SamplesPerPixel") or 1)
     if syntax in BY_PYDICOM:
         try:
-            return get_encoder(syntax).encode(
+            return bytes(get_encoder(syntax).encode(
                 frame, rows=frame.shape[0], columns=frame.shape[1], samples_per_pixel=samples,
                 bits_allocated=int(ds.BitsAllocated), bits_stored=int(ds.get("BitsStored") or ds.BitsAllocated),
                 pixel_representation=int(ds.get("PixelRepresentation") or 0), number_of_frames=1,
                 photometric_interpretation="RGB" if samples == 3 else str(ds.PhotometricInterpretation),
-                planar_configuration=0)
+                planar_configuration=0))
         except (ValueError, RuntimeError) as exc:
             raise CannotTranscode(f"{syntax.name}: {exc}") from None
     if syntax in BY_LIBJPEG:

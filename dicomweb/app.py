@@ -19,9 +19,9 @@ from archive.config import Config
 from archive.guideline.compliance import Compliance
 from archive.index.database import Database
 from archive.ingest import Ingest
-from archive.storage import BlobStore
+from archive.storage import BlobStore, StoreUnavailable
 from dicomweb import auth, bulkdata, cors, qido, quality, recognition, rendered, shares, stow, wado, wadouri
-from dicomweb.errors import error_response
+from dicomweb.errors import error_response, store_unavailable
 
 
 def build_app(config: Config, db: Database, store: BlobStore, ingest: Ingest, spool: Path,
@@ -73,7 +73,8 @@ def build_app(config: Config, db: Database, store: BlobStore, ingest: Ingest, sp
     routes += [Mount(root, routes=dicomweb)] if root else dicomweb
     if root:  # WADO-URI links are often written against the server's root (PS3.18 §9)
         routes.append(Route("/wado", wadouri.wado, methods=["GET"]))
-    app = Starlette(routes=routes, exception_handlers={HTTPException: error_response})
+    app = Starlette(routes=routes, exception_handlers={HTTPException: error_response,
+                                                      StoreUnavailable: store_unavailable})
     # JSON (metadata, searches) compressed for clients that accept gzip; pixels and
     # DICOM objects are compressed already or too large to be worth the CPU.
     app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=6, exclude_content_types=(
@@ -112,8 +113,14 @@ async def ready(request: Request) -> Response:
 
     checks = {"index": index, "store": state.store.check}
     answers = await asyncio.gather(*(_probe(check) for check in checks.values()))
-    body = dict(zip(checks, answers, strict=True))
+    body: dict[str, object] = dict(zip(checks, answers, strict=True))
     ok = all(answer == "ok" for answer in answers)
+    outbox = state.ingest.outbox
+    if outbox.enabled and body["index"] == "ok":
+        # Not ready while the store is down (archived objects cannot be read), though
+        # C-STORE and STOW-RS still archive into the outage queue: said here for monitors.
+        count, size = await run_in_threadpool(outbox.depth)
+        body["queue"] = {"objects": count, "bytes": size, "max_bytes": outbox.settings.max_bytes}
     return JSONResponse({"status": "ready" if ok else "unavailable", **body}, status_code=200 if ok else 503)
 
 

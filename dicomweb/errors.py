@@ -22,3 +22,9 @@ async def error_response(request: Request, exc: Exception) -> Response:
     if parameter:
         body["parameter"] = parameter
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def store_unavailable(request: Request, exc: Exception) -> Response:
+    """A blob store that failed or gave no answer before the response began: 503."""
+    return JSONResponse({"error": f"{exc}; try again later", "status": 503}, status_code=503,
+                        headers={"Retry-After": "30"})

@@ -32,6 +32,7 @@ log = logging.getLogger("huren.stow")
 DICOM = "application/dicom"
 PREAMBLE = b"\0" * 128 + b"DICM"
 PARALLEL_PARTS = 4  # parts of one request archived at once
+RETRY_AFTER = 30  # seconds a client refused with 503 is asked to wait
 
 
 async def store(request: Request) -> Response:
@@ -152,4 +153,19 @@ def _answer(outcomes: list[Stored | IngestError], root: str, study: str | None) 
     if referenced:
         body["00081199"] = {"vr": "SQ", "Value": referenced}
     status = 200 if not failed else 202 if referenced else 409
-    return Response(orjson.dumps(body), status_code=status, media_type="application/dicom+json")
+    headers = {}
+    if not referenced and all(o.failure is Failure.OUT_OF_RESOURCES for o in outcomes
+                              if isinstance(o, IngestError)):
+        # Nothing kept, and only for want of the index, the store or queue room: a
+        # condition that passes, so the client is told to come back (RFC 9110 §15.6.4).
+        # The reason in a Warning header (PS3.18 §8.10.3): the body is a DICOM data set.
+        reason = str(next(o for o in outcomes if isinstance(o, IngestError)))
+        status, headers = 503, {"Retry-After": str(RETRY_AFTER),
+                                "Warning": f'299 huren "{_quoted(reason)}"'}
+    return Response(orjson.dumps(body), status_code=status, headers=headers,
+                    media_type="application/dicom+json")
+
+
+def _quoted(text: str) -> str:
+    """`text` fit for a quoted-string header value (printable ASCII, no quotes)."""
+    return "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in text)

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from archive.retrieve import Located, metadata
+from archive.storage import BlobNotFound, BlobStore, StoreUnavailable
 from archive.transcode import CannotTranscode, check, transcoded
 from dicomweb.accept import ranked
 from dicomweb.caching import cache_headers, etag, not_modified
@@ -41,16 +42,20 @@ def retrieve(request: Request) -> Response:
         return single_part(request, found[0], syntax)
     store = request.app.state.store
     boundary = new_boundary()
+    # The first object is opened before the 200 goes out: a store that cannot be
+    # read is a 503 (a 500 when the object is missing), never a 200 cut short.
+    first = _open(store, found[0])
 
     def parts() -> Iterator[tuple[dict[str, str], Iterator[bytes]]]:
-        for item in found:
+        for n, item in enumerate(found):
+            chunks = _midstream(store, item, first if n == 0 else None)
             if syntax in ("*", None) or syntax == item.transfer_syntax:
                 headers = {"Content-Type": f"{DICOM}; transfer-syntax={item.transfer_syntax}",
                            "Content-Length": str(item.size)}
-                yield headers, store.read(item.blob_key)
+                yield headers, chunks
                 continue
             try:
-                body = transcoded(store.read(item.blob_key), syntax)
+                body = transcoded(chunks, syntax)
             except CannotTranscode as exc:
                 # The status went out with the first part: end the body short, so the
                 # client sees a broken multipart instead of a silently missing instance.
@@ -64,6 +69,35 @@ def retrieve(request: Request) -> Response:
         write_parts(boundary, parts()),
         media_type=f'multipart/related; type="{DICOM}"; boundary={boundary}',
     )
+
+
+def _open(store: BlobStore, item: Located, start: int = 0, length: int | None = None) -> Iterator[bytes]:
+    """Open an instance's object (from `start`, `length` bytes); 500 when the index has
+    it and the store does not, 503 when the store does not answer."""
+    try:
+        return store.read(item.blob_key, start, length)
+    except BlobNotFound:
+        log.error("index/store disagreement: the object of an indexed instance is missing",
+                  extra={"study": item.study_uid, "series": item.series_uid, "sop": item.sop_uid,
+                         "key": item.blob_key})
+        raise DicomWebError(500, f"instance {item.sop_uid} is indexed but its object is missing "
+                                 "from the store") from None
+    except StoreUnavailable as exc:
+        raise DicomWebError(503, f"{exc}; try again later") from None
+
+
+def _midstream(store: BlobStore, item: Located, opened: Iterator[bytes] | None) -> Iterator[bytes]:
+    """The object's chunks (from `opened`, or read now); a failure after the 200 is
+    logged as an index/store disagreement and raised on, so the server aborts the
+    response (the client sees a broken transfer, never a short 200)."""
+    try:
+        yield from opened if opened is not None else store.read(item.blob_key)
+    except Exception as exc:
+        log.error("index/store disagreement: an object failed mid-response; response aborted",
+                  extra={"study": item.study_uid, "series": item.series_uid, "sop": item.sop_uid,
+                         "key": item.blob_key, "error": str(exc).strip().splitlines()[0] if str(exc).strip()
+                         else type(exc).__name__})
+        raise
 
 
 def retrieve_metadata(request: Request) -> Response:
@@ -144,7 +178,7 @@ def single_part(request: Request, item: Located, syntax: str | None) -> Response
     if not as_stored:
         assert syntax is not None
         try:
-            body = transcoded(store.read(item.blob_key), syntax)
+            body = transcoded(_open(store, item), syntax)
         except CannotTranscode as exc:
             raise DicomWebError(406, str(exc), "accept") from None
     size = item.size if body is None else len(body)
@@ -153,10 +187,11 @@ def single_part(request: Request, item: Located, syntax: str | None) -> Response
     if_range = request.headers.get("if-range")
     span = _span(wanted, size) if wanted and if_range in (None, headers["ETag"]) else None
     if span is None:
-        chunks = store.read(item.blob_key) if body is None else iter((body,))
+        chunks = _midstream(store, item, _open(store, item)) if body is None else iter((body,))
         return StreamingResponse(chunks, headers=headers | {"Content-Length": str(size)})
     start, length = span
-    chunks = store.read(item.blob_key, start, length) if body is None else iter((body[start:start + length],))
+    chunks = (_midstream(store, item, _open(store, item, start, length)) if body is None
+              else iter((body[start:start + length],)))
     return StreamingResponse(chunks, status_code=206, headers=headers | {
         "Content-Length": str(length), "Content-Range": f"bytes {start}-{start + length - 1}/{size}"})
 

@@ -21,7 +21,8 @@ def test_a_healthy_server(huren: Huren) -> None:
     for path in ("/readyz", "/health"):
         answer = httpx.get(huren.url + path)
         assert answer.status_code == 200
-        assert answer.json() == {"status": "ready", "index": "ok", "store": "ok"}
+        assert answer.json() == {"status": "ready", "index": "ok", "store": "ok",
+                                 "queue": {"objects": 0, "bytes": 0, "max_bytes": 10 * 1024**3}}
 
 
 def app_on(archive: Archive, store: Any) -> TestClient:

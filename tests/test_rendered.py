@@ -19,10 +19,12 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
 
 from archive.render import parse, render
+from tests import viewing
 from tests.conftest import Huren
-from tests.viewing import parts, path_of, viewer  # noqa: F401  (viewer is a fixture)
+from tests.viewing import parts, path_of
 
 Viewer = tuple[Huren, dict[str, Dataset]]
+viewer = viewing.viewer  # the module's server and study (a fixture)
 
 
 def picture(body: bytes) -> np.ndarray:

@@ -35,7 +35,7 @@ def test_put_read_delete(store: BlobStore, tmp_path: Path) -> None:
     path, digest = staged(tmp_path, data)
     blob = store.put("1.2/1.2.3/1.2.3.4.dcm", path, digest)
     assert blob.size == len(data) and blob.sha256 == digest
-    assert not path.exists()  # the store consumed the staged file
+    assert path.read_bytes() == data  # the store left the file to the caller, unchanged
     assert b"".join(store.read("1.2/1.2.3/1.2.3.4.dcm", chunk_size=65536)) == data
     assert b"".join(store.read("1.2/1.2.3/1.2.3.4.dcm", 1000, 5000)) == data[1000:6000]
     assert b"".join(store.read("1.2/1.2.3/1.2.3.4.dcm", 299_990)) == data[299_990:]

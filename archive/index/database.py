@@ -19,13 +19,22 @@ from alembic.config import Config as AlembicConfig
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
+from archive.config import IndexConfig
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 class Database:
     """The index database; one per process, safe to share between threads."""
 
-    def __init__(self, url: str, pool_size: int = 8) -> None:
+    def __init__(self, url: str, pool_size: int = 8, *, connect_timeout: float = 5.0,
+                 statement_timeout: float = 60.0) -> None:
+        """Open the index at `url`; every wait is bounded.
+
+        `connect_timeout` bounds the wait for a pooled connection and for PostgreSQL's
+        answer to a new one; `statement_timeout` bounds one statement on PostgreSQL
+        and SQLite's wait for its write lock.
+        """
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         self._writer = threading.Lock() if self.is_sqlite else nullcontext()
@@ -33,14 +42,28 @@ class Database:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             self.engine = create_engine(
-                parsed, pool_size=pool_size, max_overflow=pool_size,
-                connect_args={"timeout": 60, "check_same_thread": False},
+                parsed, pool_size=pool_size, max_overflow=pool_size, pool_timeout=connect_timeout,
+                connect_args={"timeout": statement_timeout, "check_same_thread": False},
             )
-            _sqlite_pragmas(self.engine)
+            _sqlite_pragmas(self.engine, statement_timeout)
         else:
             self.engine = create_engine(
-                parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+                parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+                pool_timeout=connect_timeout,
+                connect_args={
+                    "connect_timeout": max(1, round(connect_timeout)),  # libpq takes whole seconds
+                    "options": f"-c statement_timeout={round(statement_timeout * 1000)}",
+                    # A server gone silent (host down, network cut) is found by TCP keepalives.
+                    "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+                    "keepalives_count": 3,
+                },
             )
+
+    @classmethod
+    def open(cls, index: IndexConfig) -> Database:
+        """The index an ``index`` configuration section names, with its timeouts."""
+        return cls(index.url, index.pool_size, connect_timeout=index.connect_timeout,
+                   statement_timeout=index.statement_timeout)
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision (Alembic ``upgrade head``)."""
@@ -69,7 +92,7 @@ class Database:
         self.engine.dispose()
 
 
-def _sqlite_pragmas(engine: Engine) -> None:
+def _sqlite_pragmas(engine: Engine, busy_timeout: float) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:
         # Let SQLAlchemy's "begin" event issue BEGIN, so writers can take the lock up front.
@@ -78,7 +101,7 @@ def _sqlite_pragmas(engine: Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute(f"PRAGMA busy_timeout={round(busy_timeout * 1000)}")
         # Upper-cased name columns are matched with LIKE; case-sensitive LIKE can use their index.
         cursor.execute("PRAGMA case_sensitive_like=ON")
         cursor.close()

@@ -217,3 +217,28 @@ audit_events = Table(
 Index("ix_shares_hospital", shares.c.hospital_id, shares.c.study_pk)
 Index("ix_item_results_recognised", item_results.c.study_pk, item_results.c.verdict, item_results.c.rule_set,
       item_results.c.mark, item_results.c.hospital_id)
+
+# The outage queue (archive.outbox): an archived instance whose object is not yet
+# in the blob store but in a local queue folder. A row here is what "not yet in
+# the store" means; it is committed with the instance row, and deleted once the
+# store has confirmed the upload (the queue file is removed after that).
+queued_objects = Table(
+    "queued_objects", metadata,
+    Column("pk", Integer, primary_key=True),
+    # The object's key in the store; the instance row has the same blob_key.
+    Column("blob_key", Text, nullable=False, unique=True),
+    # The queue file's name inside storage.queue.path on `host`; each version its own.
+    Column("file", Text, nullable=False),
+    # Which machine's queue folder holds the file (socket.gethostname()).
+    Column("host", String(255), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("queued_at", DateTime(timezone=True), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("last_error", Text, nullable=True),
+    # A re-driving process's claim: until this time nobody else uploads the object.
+    Column("claimed_until", DateTime(timezone=True), nullable=True),
+    Column("claimed_by", String(64), nullable=True),
+)
+
+Index("ix_queued_objects_host", queued_objects.c.host, queued_objects.c.queued_at)

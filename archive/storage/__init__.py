@@ -26,14 +26,18 @@ class BlobNotFound(KeyError):
     """No object is stored under the key."""
 
 
+class StoreUnavailable(Exception):
+    """The blob store did not answer, or failed; the message leads with what happened."""
+
+
 class BlobStore(Protocol):
     """What the archive asks of a storage backend."""
 
     def put(self, key: str, path: Path, sha256: str) -> StoredBlob:
         """Store the local file at `path` durably under `key`, replacing any object there.
 
-        The store may move the file instead of copying it: the caller must not
-        use `path` afterwards. Returns only once the object is durable.
+        The file is left where it is, unchanged (it may be hard-linked): the
+        caller removes it. Returns only once the object is durable.
         """
 
     def read(self, key: str, start: int = 0, length: int | None = None,

@@ -12,6 +12,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from archive.storage import BlobNotFound, StoredBlob
 
@@ -39,19 +40,10 @@ class FilesystemStore:
         target = self.path_of(key)
         self._make_folders(target.parent)
         size = os.stat(path).st_size
-        _fsync_file(path)
-        try:
-            os.replace(path, target)
-        except OSError:
-            # Another file system (e.g. a spool on a different disk): copy, then rename.
-            part = target.with_name(f".{target.name}.{uuid.uuid4().hex}{PART_SUFFIX}")
-            with open(path, "rb") as src, open(part, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1024 * 1024)
-                dst.flush()
-                os.fsync(dst.fileno())
-            os.replace(part, target)
-            os.unlink(path)
-        _fsync_dir(target.parent)
+        part = target.with_name(f".{target.name}.{uuid.uuid4().hex}{PART_SUFFIX}")
+        link_or_copy(path, part)
+        os.replace(part, target)
+        fsync_dir(target.parent)
         return StoredBlob(key, size, sha256)
 
     def read(self, key: str, start: int = 0, length: int | None = None,
@@ -60,7 +52,7 @@ class FilesystemStore:
             handle = open(self.path_of(key), "rb")
         except FileNotFoundError:
             raise BlobNotFound(key) from None
-        return _chunks(handle, start, length, chunk_size)
+        return read_chunks(handle, start, length, chunk_size)
 
     def delete(self, key: str) -> None:
         try:
@@ -81,10 +73,11 @@ class FilesystemStore:
         folder.mkdir(parents=True, exist_ok=True)
         # A new folder is only durable once its parent's entry is.
         for created in missing:
-            _fsync_dir(created.parent)
+            fsync_dir(created.parent)
 
 
-def _chunks(handle, start: int, length: int | None, chunk_size: int) -> Iterator[bytes]:
+def read_chunks(handle: BinaryIO, start: int, length: int | None, chunk_size: int) -> Iterator[bytes]:
+    """Yield `length` bytes (or to the end) of an open file from `start`, then close it."""
     with handle:
         handle.seek(start)
         remaining = length
@@ -97,6 +90,21 @@ def _chunks(handle, start: int, length: int | None, chunk_size: int) -> Iterator
             yield block
 
 
+def link_or_copy(source: Path, target: Path) -> None:
+    """Make `target` a durable copy of `source`: a hard link (no bytes copied) when
+    both are on one file system, else a copy; fsynced either way, `source` kept."""
+    try:
+        os.link(source, target)
+    except OSError:
+        # Another file system (e.g. a receive folder on a different disk).
+        with open(source, "rb") as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1024 * 1024)
+            dst.flush()
+            os.fsync(dst.fileno())
+        return
+    _fsync_file(target)
+
+
 def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -105,7 +113,8 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make the folder's entries (a new, renamed or removed file) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

@@ -62,7 +62,6 @@ class S3Store:
             },
             Config=self.transfer,
         )
-        os.unlink(path)
         return StoredBlob(key, size, sha256)
 
     def read(self, key: str, start: int = 0, length: int | None = None,

@@ -1,0 +1,367 @@
+"""The outage queue: objects the blob store did not take in time wait here, durably.
+
+Ingest puts each object in the store with a deadline (``storage.queue.after``).
+When the store fails or does not answer in time, the object is hard-linked
+(or copied) into the queue folder, fsynced with the folder, and its index row
+is committed together with a ``queued_objects`` row: the instance is archived,
+readable from the queue, and "not yet in the store". Nothing in the queue is
+ever acknowledged without its row, and a row is only deleted once the store has
+confirmed the upload; the file goes after the row.
+
+A re-driver (``huren serve`` runs one per process, :mod:`huren.redrive`)
+claims queued objects through the index with a compare-and-set on
+``claimed_until`` (as judging claims studies), so one process uploads each.
+Each machine has its own queue folder: a row names the host whose folder holds
+its file, and only processes on that host upload it.
+
+While the store is known to be down (a put failed or timed out lately),
+ingest queues at once instead of waiting for it again; the re-driver's first
+successful upload ends that.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, insert, or_, select, update
+
+from archive.config import OutageQueue
+from archive.index.database import Database
+from archive.index.schema import queued_objects
+from archive.storage import BlobNotFound, BlobStore, StoredBlob, StoreUnavailable
+from archive.storage.filesystem import PART_SUFFIX, fsync_dir, link_or_copy, read_chunks
+
+log = logging.getLogger("huren.queue")
+
+
+class QueueFull(Exception):
+    """The store did not take the object and the queue has no room for it."""
+
+
+@dataclass(frozen=True)
+class Queued:
+    """An object placed in the queue folder, not yet in the store."""
+
+    key: str
+    file: str
+    size: int
+    sha256: str
+
+
+class Outbox:
+    """The store with a deadline in front of it, and the queue behind it.
+
+    Safe to share between threads; every process opens its own.
+    """
+
+    def __init__(self, db: Database, store: BlobStore, settings: OutageQueue,
+                 host: str | None = None) -> None:
+        self.db = db
+        self.store = store
+        self.settings = settings
+        self.folder = settings.path.resolve()
+        self.host = host or socket.gethostname()
+        self.enabled = settings.max_bytes > 0
+        if self.enabled:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        # Puts run here so that a store that does not answer costs the sender `after`
+        # seconds, not the store's own timeouts; a put still running then is abandoned
+        # (the queue has the object) and ends by itself within those timeouts.
+        self._puts = ThreadPoolExecutor(16, thread_name_prefix="store-put")
+        self._lock = threading.Lock()
+        self._down_until = 0.0    # time.monotonic(): until then the store is taken as down
+        self._used: int | None = None
+        self._used_at = 0.0
+
+    # Ingest's side.
+
+    def put(self, key: str, path: Path, sha256: str, *, behind_queue: bool = False) -> StoredBlob | Queued:
+        """Put the file at `path` in the store within ``after`` seconds, else in the queue.
+
+        Returns the stored blob, or the queued object (whose row the caller commits
+        with the instance's, :meth:`add_row`). `path` is left in place.
+        `behind_queue` queues at once (an older version of the object is queued).
+
+        Raises
+        ------
+        StoreUnavailable
+            The store failed and there is no queue (``max_bytes: 0``).
+        QueueFull
+            The store did not take the object and the queue has no room.
+        OSError
+            The queue folder cannot be written.
+        """
+        if not self.enabled:
+            try:
+                return self.store.put(key, path, sha256)
+            except Exception as exc:
+                raise StoreUnavailable(f"store unavailable: {_summary(exc)}") from None
+        if behind_queue:
+            cause = "an older version is queued"
+        elif self.store_down():
+            cause = "failed lately"
+        else:
+            future = self._puts.submit(self.store.put, key, path, sha256)
+            try:
+                return future.result(timeout=self.settings.after)
+            except TimeoutError:
+                future.cancel()
+                cause = f"no answer within {self.settings.after:g} s"
+            except Exception as exc:
+                cause = _summary(exc)
+            self.mark_down()
+            log.warning("blob store unavailable; queueing", extra={"key": key, "error": cause})
+        return self._enqueue(key, path, sha256, cause)
+
+    def store_down(self) -> bool:
+        return time.monotonic() < self._down_until
+
+    def mark_down(self) -> None:
+        """Take the store as down for long enough that the re-driver tries it first."""
+        self._down_until = time.monotonic() + 2 * (self.settings.after + self.settings.redrive_interval)
+
+    def _enqueue(self, key: str, path: Path, sha256: str, cause: str) -> Queued:
+        size = os.stat(path).st_size
+        with self._lock:
+            used = self._bytes_used()
+            if used + size > self.settings.max_bytes:
+                log.error("blob store unavailable and the queue is full; refusing",
+                          extra={"key": key, "used": used, "max_bytes": self.settings.max_bytes, "error": cause})
+                raise QueueFull(f"store unavailable and queue full ({used} of {self.settings.max_bytes} "
+                                f"bytes); the store: {cause}")
+            self._used = used + size
+        name = f"{key.rsplit('/', 1)[-1]}.{uuid.uuid4().hex[:12]}"
+        part = self.folder / (name + PART_SUFFIX)
+        try:
+            link_or_copy(path, part)
+            os.replace(part, self.folder / name)
+            fsync_dir(self.folder)
+        except OSError:
+            part.unlink(missing_ok=True)
+            self._used = None
+            raise
+        log.info("object queued", extra={"key": key, "study": key.split("/", 1)[0], "file": name,
+                                         "size": size, "error": cause})
+        return Queued(key, name, size, sha256)
+
+    def _bytes_used(self) -> int:
+        # Summed from the folder at most once a second (other workers share it), with
+        # what this process queued since added.
+        if self._used is None or time.monotonic() - self._used_at > 1.0:
+            self._used = sum(entry.stat().st_size for entry in os.scandir(self.folder) if entry.is_file())
+            self._used_at = time.monotonic()
+        return self._used
+
+    def held(self, conn: Connection, key: str) -> str | None:
+        """The queue file of `key` (on any host), or ``None`` when the store has it."""
+        return conn.execute(
+            select(queued_objects.c.file).where(queued_objects.c.blob_key == key)
+        ).scalar_one_or_none()
+
+    def add_row(self, conn: Connection, queued: Queued) -> str | None:
+        """Record `queued` in the instance's transaction; returns the file of the
+        version it supersedes (to remove once committed), if any."""
+        previous = self.held(conn, queued.key)
+        values: dict[str, Any] = {"file": queued.file, "host": self.host, "size": queued.size,
+                                  "sha256": queued.sha256, "queued_at": datetime.now(UTC),
+                                  "attempts": 0, "last_error": None}
+        if previous is None:
+            conn.execute(insert(queued_objects).values(blob_key=queued.key, **values))
+        else:
+            # A claim on the older version stays: its upload ends, finds the file
+            # changed, and leaves this one to the next turn (so versions land in order).
+            conn.execute(update(queued_objects).where(queued_objects.c.blob_key == queued.key).values(values))
+        return previous
+
+    def discard(self, file: str) -> None:
+        """Remove a queue file that no row points at (any more)."""
+        (self.folder / file).unlink(missing_ok=True)
+
+    # Readers' side.
+
+    def read(self, key: str, start: int = 0, length: int | None = None,
+             chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+        """Read an archived object from the queue while it is there, else from the store.
+
+        Raises :class:`BlobNotFound`, or :class:`StoreUnavailable` when the store fails.
+        """
+        if self.enabled and _has_files(self.folder):
+            with self.db.reading() as conn:
+                row = conn.execute(
+                    select(queued_objects.c.file, queued_objects.c.host).where(queued_objects.c.blob_key == key)
+                ).first()
+            if row is not None and row.host == self.host:
+                try:
+                    handle = open(self.folder / row.file, "rb")
+                except FileNotFoundError:
+                    pass  # uploaded and removed since the row was read: the store has it now
+                else:
+                    return read_chunks(handle, start, length, chunk_size)
+            elif row is not None:
+                raise StoreUnavailable(f"not yet in the store: queued on {row.host}")
+        try:
+            return self.store.read(key, start, length, chunk_size)
+        except BlobNotFound:
+            raise
+        except Exception as exc:
+            raise StoreUnavailable(f"store unavailable: {_summary(exc)}") from None
+
+    def depth(self) -> tuple[int, int]:
+        """How many objects, and bytes, this host's queue holds."""
+        with self.db.reading() as conn:
+            count, size = conn.execute(
+                select(func.count(), func.coalesce(func.sum(queued_objects.c.size), 0))
+                .where(queued_objects.c.host == self.host)
+            ).one()
+        return int(count), int(size)
+
+    # The re-driver's side.
+
+    def redrive(self, owner: str, limit: int = 100) -> int:
+        """Upload the queued objects this process can claim, oldest first; returns
+        how many reached the store. Stops at the first failure (the store is down)."""
+        now = datetime.now(UTC)
+        with self.db.reading() as conn:
+            due = conn.execute(
+                select(queued_objects.c.pk).where(
+                    queued_objects.c.host == self.host,
+                    or_(queued_objects.c.claimed_until.is_(None), queued_objects.c.claimed_until < now),
+                ).order_by(queued_objects.c.queued_at).limit(limit)
+            ).scalars().all()
+        done = 0
+        for pk in due:
+            item = self._claim(pk, owner)
+            if item is None:
+                continue
+            if not self._upload(item, owner):
+                break
+            done += 1
+        return done
+
+    def _claim(self, pk: int, owner: str) -> Any:
+        now = datetime.now(UTC)
+        until = now + timedelta(seconds=self.settings.claim_timeout)
+        with self.db.writing() as conn:
+            claimed = conn.execute(
+                update(queued_objects).where(
+                    queued_objects.c.pk == pk,
+                    or_(queued_objects.c.claimed_until.is_(None), queued_objects.c.claimed_until < now),
+                ).values(claimed_until=until, claimed_by=owner)
+            ).rowcount
+            if claimed != 1:
+                return None
+            return conn.execute(select(queued_objects).where(queued_objects.c.pk == pk)).one()
+
+    def _upload(self, item: Any, owner: str) -> bool:
+        """Upload one claimed object; ``False`` if the store failed (the claim is released)."""
+        started = time.monotonic()
+        future = self._puts.submit(self.store.put, item.blob_key, self.folder / item.file, item.sha256)
+        try:
+            future.result(timeout=self.settings.after)
+        except Exception as exc:
+            future.cancel()
+            error = f"no answer within {self.settings.after:g} s" if isinstance(exc, TimeoutError) else _summary(exc)
+            with self.db.writing() as conn:
+                conn.execute(update(queued_objects).where(
+                    queued_objects.c.pk == item.pk, queued_objects.c.claimed_by == owner,
+                ).values(attempts=queued_objects.c.attempts + 1, last_error=error[:500],
+                         claimed_until=None, claimed_by=None))
+            if isinstance(exc, FileNotFoundError):  # not the store's fault: go on with the others
+                log.error("queue file missing; the object cannot be re-driven",
+                          extra={"key": item.blob_key, "file": item.file})
+                return True
+            self.mark_down()
+            log.warning("re-drive failed; the object stays queued",
+                        extra={"key": item.blob_key, "attempts": item.attempts + 1, "error": error})
+            return False
+        with self.db.writing() as conn:
+            # Only the version uploaded: a newer one queued meanwhile waits for its own turn.
+            gone = conn.execute(delete(queued_objects).where(
+                queued_objects.c.pk == item.pk, queued_objects.c.claimed_by == owner,
+                queued_objects.c.file == item.file,
+            )).rowcount
+            if gone != 1:
+                conn.execute(update(queued_objects).where(
+                    queued_objects.c.pk == item.pk, queued_objects.c.claimed_by == owner,
+                ).values(claimed_until=None, claimed_by=None))
+        if gone == 1:
+            self.discard(item.file)
+        self._down_until = 0.0
+        log.info("object re-driven to the store", extra={
+            "key": item.blob_key, "study": item.blob_key.split("/", 1)[0], "size": item.size,
+            "queued_for": round((datetime.now(UTC) - _aware(item.queued_at)).total_seconds(), 1),
+            "duration": round(time.monotonic() - started, 3),
+        })
+        return True
+
+    def sweep(self, older_than: float = 3600.0) -> int:
+        """Remove queue files no row points at, older than `older_than` seconds: left by a
+        crash between queueing and the index commit, so never acknowledged."""
+        if not self.enabled:
+            return 0
+        cutoff = time.time() - older_than
+        old = {e.name for e in os.scandir(self.folder) if e.is_file() and e.stat().st_mtime < cutoff}
+        if not old:
+            return 0
+        with self.db.reading() as conn:
+            kept = set(conn.execute(
+                select(queued_objects.c.file).where(queued_objects.c.host == self.host)
+            ).scalars())
+        for name in old - kept:
+            self.discard(name)
+            log.info("queue file without a row removed", extra={"file": name})
+        return len(old - kept)
+
+    def close(self) -> None:
+        self._puts.shutdown(wait=False, cancel_futures=True)
+
+
+class QueueingStore:
+    """The blob store as the doors see it: queued objects are read from the queue."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+        self.store = outbox.store
+
+    def put(self, key: str, path: Path, sha256: str) -> StoredBlob:
+        return self.store.put(key, path, sha256)
+
+    def read(self, key: str, start: int = 0, length: int | None = None,
+             chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+        return self.outbox.read(key, start, length, chunk_size)
+
+    def delete(self, key: str) -> None:
+        self.store.delete(key)
+
+    def keys(self) -> Iterator[str]:
+        return self.store.keys()
+
+    def check(self) -> None:
+        self.store.check()
+
+
+def _has_files(folder: Path) -> bool:
+    with os.scandir(folder) as entries:
+        return next(entries, None) is not None
+
+
+def _summary(exc: BaseException) -> str:
+    """An error's first line (botocore's messages lead with what happened), or its kind."""
+    message = str(exc).strip()
+    return message.splitlines()[0] if message else type(exc).__name__
+
+
+def _aware(when: datetime) -> datetime:
+    # SQLite gives back naive datetimes (stored as UTC).
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
