@@ -10,13 +10,13 @@ import signal
 import socket
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from archive.config import Config, ConfigError, config_with_rule_sets, load_config
+from archive.receiving import sweep_receive
 from archive.tls import server_context
-from huren import audit, connections, tokens
+from huren import audit, connections, tokens, verify
 
 if TYPE_CHECKING:
     import ssl
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     rejudge.add_argument("--config", default="conf/huren.yaml", help="YAML configuration file")
     tokens.add_parser(commands)
     audit.add_parser(commands)
+    verify.add_parser(commands)
     args = parser.parse_args(argv)
     try:
         if args.command == "guideline" and args.action == "check" and args.rules:
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config" and args.connect:
         from archive.index.database import Database
 
-        db = Database.open(config.index)
+        db = Database(config.index.url, config.index.pool_size)
         found = connections.problems(config, db)
         db.dispose()
         for problem in found:
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         return tokens.run(args, config)
     if args.command == "audit":
         return audit.run(args, config)
+    if args.command in ("verify", "reindex"):
+        return verify.run(args, config)
     if args.command == "guideline":
         from huren import guideline
 
@@ -124,10 +127,9 @@ def run(config: Config, log_level: str = "INFO") -> int:
     dicom_context = server_context(config.dicom.tls) if config.dicom.tls else None
     spool = config.ingest.spool.resolve()
     spool.mkdir(parents=True, exist_ok=True)
-    _sweep(spool)
-    # Received C-STORE data and STOW parts are spooled here, next to the archive.
-    tempfile.tempdir = str(spool)
-    db = Database.open(config.index)
+    # Each process receives into a folder of its own (archive.receiving); those of ended processes go.
+    sweep_receive(spool)
+    db = Database(config.index.url, config.index.pool_size)
     if found := connections.problems(config, db):
         for problem in found:
             print(f"huren: {problem}", file=sys.stderr)
@@ -143,7 +145,7 @@ def run(config: Config, log_level: str = "INFO") -> int:
         return 0
     db.dispose()  # each worker opens its own connections
     return workers.supervise(config.workers, lambda _slot: _serve(
-        config, spool, Database.open(config.index), dimse_socket, http_socket,
+        config, spool, Database(config.index.url, config.index.pool_size), dimse_socket, http_socket,
         tls_door, http_context,
     ))
 
@@ -160,24 +162,27 @@ def _serve(config: Config, spool: Path, db: Database, dimse_socket: socket.socke
     from archive.audit import AuditTrail
     from archive.guideline.compliance import Compliance
     from archive.ingest import Ingest
-    from archive.outbox import QueueingStore
+    from archive.receiving import ReceiveFolder
     from archive.storage import open_store
+    from archive.sweep import Sweeper
     from dicomweb.app import build_app
     from gateway import scp
     from huren.judging import JudgingLoop
-    from huren.redrive import RedriveLoop
+    from huren.sweeping import SweepLoop
 
-    ingest = Ingest(db, open_store(config), config.ingest.on_conflict, config.storage.queue)
-    # Reads find objects in the outage queue until they are in the store.
-    store = QueueingStore(ingest.outbox)
-    redrive = RedriveLoop(ingest.outbox, config.storage.queue.redrive_interval).start() \
-        if ingest.outbox.enabled else None
+    store = open_store(config)
+    ingest = Ingest(db, store, config.ingest.on_conflict)
     compliance = Compliance(db, config)
     # Each process its own: the writer thread would not survive a fork.
     trail = AuditTrail(db, config.audit.syslog, config.dicom.ae_title)
     dimse = scp.start(config, ingest, trail, dimse_socket)
     dimse_tls = scp.start(config, ingest, trail, *tls_door) if tls_door else None
-    app = build_app(config, db, store, ingest, spool, compliance, trail)
+    # What this process receives (C-STORE data sets, STOW-RS parts) is written in its own folder.
+    receiving = ReceiveFolder(spool)
+    tempfile.tempdir = str(receiving.path)
+    sweeping = SweepLoop(Sweeper(db, open_store(config), spool, receiving.path, upload_age=config.sweep.upload_age,
+                                 orphan_grace=config.sweep.orphan_grace), config.sweep.interval).start()
+    app = build_app(config, db, store, ingest, receiving.path, compliance, trail)
     judging = JudgingLoop(compliance, config.guideline.poll_interval).start() if config.rule_sets else None
     server = uvicorn.Server(uvicorn.Config(
         app, host=config.http.host, port=config.http.port, log_config=None,
@@ -196,13 +201,12 @@ def _serve(config: Config, spool: Path, db: Database, dimse_socket: socket.socke
     finally:
         if judging is not None:
             judging.stop()
-        if redrive is not None:
-            redrive.stop()
-        ingest.outbox.close()
         dimse.shutdown()
         if dimse_tls is not None:
             dimse_tls.shutdown()
         trail.close()
+        sweeping.stop()
+        receiving.close()
         db.dispose()
 
 
@@ -211,11 +215,3 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
-
-
-def _sweep(spool: Path, older_than: float = 3600.0) -> None:
-    """Remove spooled files left by a crash (never acknowledged, so the sender will resend)."""
-    cutoff = time.time() - older_than
-    for path in spool.iterdir():
-        if path.is_file() and path.stat().st_mtime < cutoff:
-            path.unlink(missing_ok=True)

@@ -7,35 +7,17 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 
 from archive.guideline.compliance import Compliance
+from huren.loops import Loop
 
 log = logging.getLogger("huren.guideline")
 
 
-class JudgingLoop:
+class JudgingLoop(Loop):
     """A daemon thread running :meth:`Compliance.run_due` every `interval` seconds."""
 
     def __init__(self, compliance: Compliance, interval: float) -> None:
-        self.compliance = compliance
-        self.interval = interval
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="judging", daemon=True)
-
-    def start(self) -> JudgingLoop:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.compliance.run_due(self.owner)
-            except Exception:
-                # An index that is down now may answer at the next turn.
-                log.exception("judging failed; trying again", extra={"owner": self.owner})
+        super().__init__("judging", lambda: compliance.run_due(self.owner), interval, log,
+                         fields={"owner": self.owner})

@@ -20,7 +20,8 @@ from tests.factory import instance, write
 
 
 def _spooled_bytes(spool: Path) -> int:
-    return sum(p.stat().st_size for p in spool.iterdir() if p.is_file()) if spool.exists() else 0
+    # Each process receives in a folder of its own below the spool (archive.receiving).
+    return sum(p.stat().st_size for p in spool.rglob("*") if p.is_file()) if spool.exists() else 0
 
 
 @pytest.mark.slow
