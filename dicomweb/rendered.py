@@ -180,7 +180,7 @@ def _media(request: Request, *, multi_frame: bool, multipart: bool = False) -> s
     A wildcard means JPEG for one frame and GIF for several (the defaults of
     Table 8.7.4-1). Raises 406 naming what is offered.
     """
-    accept = request.headers.get("accept")
+    accept = request.query_params.get("accept") or request.headers.get("accept")  # PS3.18 §8.3.3.1: accept= wins
     for wanted in ranked(accept):
         if wanted.kind == MULTIPART and not multipart:
             continue

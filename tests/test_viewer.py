@@ -57,8 +57,8 @@ CT_EXAM = Exam("WANG^XIAODONG=王^小东", "VIEW-CT-1", "20261130", "ACC-VIEW-CT
 MR_EXAM = Exam("MUELLER^HANS", "VIEW-MR-1", "20261129", "ACC-VIEW-MR")
 # As many Chinese modalities send it: ideographs in the first group (OHIF lists only that one).
 US_NAME = "李娜^Li Na"
-# Until dicomweb's /thumbnail lands, OHIF draws its thumbnails from WADO-RS frames.
-THUMBNAILS = "wadors"
+# OHIF asks Huren for each series' thumbnail (PS3.18 §10.4.1.1.4) instead of drawing one from frames.
+THUMBNAILS = "thumbnail"
 US_ACCESSION = "ACC-VIEW-US"
 # The names as OHIF's study list writes them (family, given).
 LISTED = ["WANG, XIAODONG", "MUELLER, HANS", "李娜, Li Na"]
@@ -256,6 +256,13 @@ def check_viewer(report: dict[str, Any], out: Path) -> None:
     assert air < 30 and lung < 30, (air, lung)
     assert 80 < tissue < 180, tissue
     assert bone > 220, bone
+
+    # Each study's first series thumbnail, Huren's rendering of its middle image: not blank.
+    for name in ("entry", "ct", "us"):
+        box = report["thumbnails"][name]
+        assert box is not None, f"no series thumbnail beside the {name} viewer"
+        thumbnail = grey(out / f"{name}.png", box)
+        assert np.percentile(thumbnail, 95) - np.percentile(thumbnail, 5) > 60, f"{name}: blank thumbnail"
 
     # The ultrasound cine: its sector drawn, the cavity in it dark, outside the sector black.
     us = grey(out / "us.png", report["viewports"]["us"])

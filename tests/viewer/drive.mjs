@@ -9,7 +9,7 @@
 // `row`) and on its "Basic Viewer" button. Screenshots: entry.png, list.png and NAME.png in
 // `out`. Prints one JSON object: the DICOMweb requests made (URL, status), the failed ones,
 // console errors and uncaught page errors, the study list's text, where each name is drawn in
-// list.png and where the viewport is in each viewer screenshot (CSS pixels = screenshot pixels).
+// list.png and where the viewport and the first series thumbnail are in each viewer screenshot (CSS pixels = screenshot pixels).
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -30,7 +30,7 @@ context.setDefaultTimeout(timeout);
 // A radiologist who has taken OHIF's guided tour once: its overlay would cover the viewer.
 await context.addInitScript(() => localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour'])));
 
-const report = { requests: [], failed: [], console: [], pageErrors: [], listText: '', names: {}, viewports: {} };
+const report = { requests: [], failed: [], console: [], pageErrors: [], listText: '', names: {}, viewports: {}, thumbnails: {} };
 const inFlight = new Set();
 const isDicomweb = url => url.startsWith(job.dicomweb);
 const page = context.pages()[0] ?? await context.newPage();
@@ -53,7 +53,12 @@ page.on('requestfinished', async request => {
   const response = await request.response();
   const entry = { url: request.url(), method: request.method(), status: response?.status() };
   report.requests.push(entry);
-  if (!response || response.status() >= 400) report.failed.push(entry);
+  if (!response || response.status() >= 400) {
+    // What was asked and what Huren answered, to name the fault (the token left out).
+    const { authorization, ...headers } = request.headers();
+    const body = await response?.text().catch(() => '');
+    report.failed.push({ ...entry, headers, body: body?.slice(0, 500) });
+  }
 });
 
 // Until no DICOMweb request has been open for `quiet` ms (OHIF loads a series in the background).
@@ -75,6 +80,9 @@ async function viewerShown(name) {
   await page.waitForTimeout(1500); // one more frame drawn after the last image came in
   await page.screenshot({ path: join(job.out, `${name}.png`) });
   report.viewports[name] = await page.locator('.cornerstone-viewport-element').first().boundingBox();
+  // The series thumbnails: Huren's …/thumbnail JPEGs, shown as blob: images.
+  const thumbnails = page.locator('img[src^="blob:"]');
+  report.thumbnails[name] = await thumbnails.count() ? await thumbnails.first().boundingBox() : null;
 }
 
 try {
