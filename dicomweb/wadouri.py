@@ -119,9 +119,10 @@ def _rendering(request: Request, header) -> Rendering:
     rows, columns = _size(query.get("rows"), "rows"), _size(query.get("columns"), "columns")
     region = _region(query.get("region"), int(header.get("Columns") or 1), int(header.get("Rows") or 1))
     viewport = None
-    if rows or columns or region:
-        viewport = Viewport(columns or (UNBOUNDED if rows else int(header.get("Columns") or 1)),
-                            rows or (UNBOUNDED if columns else int(header.get("Rows") or 1)), region)
+    if rows or columns:
+        viewport = Viewport(columns or UNBOUNDED, rows or UNBOUNDED, region)
+    elif region:  # the region at the image's own resolution
+        viewport = Viewport(max(1, round(region[2])), max(1, round(region[3])), region)
     return Rendering(window, viewport, base.quality, base.annotation)
 
 
