@@ -4,10 +4,11 @@ OHIF's built app (npm ``@ohif/app``'s ``dist/``, fetched by ``.ci/run`` into
 ``tests/viewer/ohif``) is served by a small static server on its own 127.0.0.1
 port, and Debian's Chromium, driven headless by ``tests/viewer/drive.mjs``
 (playwright-core), opens a study in the viewer with a hospital's bearer token,
-goes back to the study list and opens the CT from there. Twice: once with OHIF
-calling Huren straight from its own origin (CORS, ``access.cors.origins``), once
-with the static server also passing ``/dicom-web`` on to Huren, as a reverse
-proxy in front of both would (one origin, no CORS).
+goes back to the study list and opens the CT and the ultrasound cine from there.
+Twice: once with OHIF calling Huren (a folder and SQLite) straight from its own
+origin (CORS, ``access.cors.origins``), once with the static server also passing
+``/dicom-web`` on to Huren (S3 and PostgreSQL, no CORS), as a reverse proxy in
+front of both would.
 
 What is checked is what a radiologist sees: on the pixels of the screenshots,
 the patients' names drawn in the list where the page says they are and the CT
@@ -33,6 +34,7 @@ import numpy as np
 import pytest
 import uvicorn
 from PIL import Image
+from pydicom import dcmread
 from pydicom.uid import UltrasoundMultiFrameImageStorage
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -73,8 +75,9 @@ pytestmark = pytest.mark.skipif(
 
 @dataclass
 class Studies:
-    """The studies loaded into Huren, by the UID of each."""
+    """The studies' files, in send order, and the Study Instance UID of each."""
 
+    files: list[list[Path]]
     ct: str
     mr: str
     us: str
@@ -104,31 +107,52 @@ def us_cine(folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def huren(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Huren, int, Studies]]:
-    """Huren with one hospital and its studies; CORS open to the port the viewer will be served on."""
-    workdir = tmp_path_factory.mktemp("huren")
-    viewer_port = free_port()
-    config = huren_config(workdir, hospitals=[HOSPITAL],
-                          access={"cors": {"origins": [f"http://127.0.0.1:{viewer_port}"]}})
-    server = Huren(workdir, config).start()
+def studies(tmp_path_factory: pytest.TempPathFactory) -> Studies:
+    """A 50-slice 512x512 CT, a two-series MR and a 24-frame ultrasound cine, one patient each."""
+    data = tmp_path_factory.mktemp("studies")
+    ct = ct_study(data / "ct", thin_slices=50, thick_slices=0, exam=CT_EXAM, seed=10)
+    mr = mr_study(data / "mr", sequences=2, slices=12, exam=MR_EXAM, seed=11)
+    us = [us_cine(data / "us")]
+    uid = {name: str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+           for name, files in (("ct", ct), ("mr", mr), ("us", us))}
+    return Studies([ct, mr, us], **uid)
+
+
+@dataclass
+class Case:
+    """One way of serving OHIF: Huren with the studies, the viewer's port and its DICOMweb root."""
+
+    origin: str
+    huren: Huren
+    port: int
+
+    @property
+    def dicomweb(self) -> str:
+        """Where OHIF calls: Huren itself, or the viewer's own origin that passes calls on."""
+        if self.origin == "cross-origin":
+            return self.huren.dicomweb
+        return f"http://127.0.0.1:{self.port}/dicom-web"
+
+
+@pytest.fixture(params=["cross-origin", "same-origin"])
+def case(request: pytest.FixtureRequest, tmp_path: Path, studies: Studies) -> Iterator[Case]:
+    """Cross-origin: a folder and SQLite, CORS open to the viewer's origin. Same origin: S3 and
+    PostgreSQL, and no CORS at all (one origin needs none)."""
+    port = free_port()
+    if request.param == "cross-origin":
+        config = huren_config(tmp_path, hospitals=[HOSPITAL],
+                              access={"cors": {"origins": [f"http://127.0.0.1:{port}"]}})
+    else:
+        config = huren_config(tmp_path, hospitals=[HOSPITAL], storage=request.getfixturevalue("s3_storage"),
+                              index_url=request.getfixturevalue("postgres_url"))
+    server = Huren(tmp_path, config).start()
     try:
-        data = workdir / "studies"
-        ct = ct_study(data / "ct", thin_slices=50, thick_slices=0, exam=CT_EXAM, seed=10)
-        mr = mr_study(data / "mr", sequences=2, slices=12, exam=MR_EXAM, seed=11)
-        us = us_cine(data / "us")
-        for files in (ct, mr, [us]):
+        for files in studies.files:
             sent = server.storescu(*files, calling="MODALITY")
             assert sent.returncode == 0, sent.stderr
-        uid = {name: str(read_uid(files[0])) for name, files in (("ct", ct), ("mr", mr), ("us", [us]))}
-        yield server, viewer_port, Studies(**uid)
+        yield Case(request.param, server, port)
     finally:
         server.stop()
-
-
-def read_uid(path: Path) -> str:
-    from pydicom import dcmread
-
-    return dcmread(path, stop_before_pixels=True).StudyInstanceUID
 
 
 class SinglePageApp(StaticFiles):
@@ -271,23 +295,19 @@ def check_viewer(report: dict[str, Any], out: Path) -> None:
     assert sector > 80 and cavity < 60 and outside < 20, (sector, cavity, outside)
 
 
-@pytest.mark.parametrize("origin", ["cross-origin", "same-origin"])
-def test_ohif_reads_huren(huren: tuple[Huren, int, Studies], origin: str) -> None:
-    """OHIF lists Huren's studies by name and draws the CT windowed, from its own origin or Huren's."""
-    server, port, studies = huren
-    token = server.token(HOSPITAL["id"])
-    if origin == "cross-origin":
-        dicomweb, app = server.dicomweb, viewer_app(server.dicomweb, None)
-    else:
-        dicomweb = f"http://127.0.0.1:{port}/dicom-web"
-        app = viewer_app(dicomweb, server.dicomweb)
-    out = ARTEFACTS / origin
+def test_ohif_reads_huren(case: Case, studies: Studies) -> None:
+    """OHIF lists Huren's studies by name and draws them, the CT windowed, from its own origin or Huren's."""
+    # Access is enforced: every answer the browser gets below, it got with the token.
+    assert httpx.get(case.huren.dicomweb + "/studies").status_code == 401
+    token = case.huren.token(HOSPITAL["id"])
+    proxied = None if case.origin == "cross-origin" else case.huren.dicomweb
+    out = ARTEFACTS / case.origin
     shutil.rmtree(out, ignore_errors=True)
     print(f"screenshots: {out}")
-    with Site(app, port) as site:
-        report = drive({"app": site.url, "dicomweb": dicomweb, "token": token, "entry": studies.mr,
-                        "names": LISTED,
-                        "open": [{"row": CT_EXAM.accession, "name": "ct"}, {"row": US_ACCESSION, "name": "us"}]}, out)
+    with Site(viewer_app(case.dicomweb, proxied), case.port) as site:
+        report = drive({"app": site.url, "dicomweb": case.dicomweb, "token": token, "entry": studies.mr,
+                        "names": LISTED, "open": [{"row": CT_EXAM.accession, "name": "ct"},
+                                                  {"row": US_ACCESSION, "name": "us"}]}, out)
     check_viewer(report, out)
-    frames = [r for r in report["requests"] if "/frames/" in r["url"]]
-    assert {studies.ct, studies.mr, studies.us} <= {r["url"].split("/studies/")[1].split("/")[0] for r in frames}
+    framed = {r["url"].split("/studies/")[1].split("/")[0] for r in report["requests"] if "/frames/" in r["url"]}
+    assert {studies.ct, studies.mr, studies.us} <= framed
