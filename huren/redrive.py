@@ -7,44 +7,25 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 
 from archive.outbox import Outbox
+from huren.loops import Loop
 
 log = logging.getLogger("huren.queue")
 
 
-class RedriveLoop:
-    """A daemon thread running :meth:`Outbox.redrive` every `interval` seconds
-    (and again at once while a turn found more than it could take)."""
+class RedriveLoop(Loop):
+    """A daemon thread that, every `interval` seconds and once at start (a restart
+    finds what the queue kept), removes queue files left without a row and uploads
+    queued objects in batches of `batch` for as long as batches come back full."""
 
     def __init__(self, outbox: Outbox, interval: float, batch: int = 100) -> None:
-        self.outbox = outbox
-        self.interval = interval
-        self.batch = batch
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="redrive", daemon=True)
+        self.outbox = outbox
+        self.batch = batch
+        super().__init__("redrive", self._turn, interval, log, at_start=True, fields={"owner": self.owner})
 
-    def start(self) -> RedriveLoop:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        try:
-            self.outbox.sweep()
-        except Exception:
-            log.exception("queue sweep failed", extra={"owner": self.owner})
-        wait = 0.0
-        while not self._stop.wait(wait):
-            try:
-                done = self.outbox.redrive(self.owner, self.batch)
-            except Exception:
-                # An index that is down now may answer at the next turn.
-                log.exception("re-drive failed; trying again", extra={"owner": self.owner})
-                done = 0
-            wait = 0.0 if done == self.batch else self.interval
+    def _turn(self) -> None:
+        self.outbox.sweep()
+        while self.outbox.redrive(self.owner, self.batch) == self.batch:
+            pass

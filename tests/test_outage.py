@@ -8,14 +8,20 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from pydicom import dcmread
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text, update
 
+from archive.config import OutageQueue
+from archive.index.database import Database
+from archive.index.schema import queued_objects
+from archive.outbox import Outbox, Queued
+from archive.storage.filesystem import FilesystemStore
 from tests.conftest import Huren, huren_config
 from tests.factory import instance, write
 from tests.seaweed import SeaweedFS, running
@@ -219,3 +225,56 @@ def test_a_restart_with_a_full_queue_drains_it(seaweedfs: SeaweedFS, index_url: 
     objects = bucket_objects(seaweedfs, config["storage"])
     assert sorted(objects.values()) == sorted(p.read_bytes() for p in paths)
     assert list(Path(config["storage"]["queue"]["path"]).iterdir()) == []
+
+
+def test_without_a_queue_a_stopped_store_refuses_saying_why(seaweedfs: SeaweedFS, tmp_path: Path) -> None:
+    config = outage_config(tmp_path, seaweedfs, f"sqlite:///{tmp_path / 'index.db'}", max_bytes=0)
+    server = Huren(tmp_path, config).start()
+    try:
+        seaweedfs.stop()
+        result = server.storescu(write(instance(), tmp_path / "one.dcm"), extra=("-d",))
+    finally:
+        server.stop()
+    said = result.stdout + result.stderr
+    host = config["storage"]["endpoint_url"].removeprefix("http://")
+    # The Error Comment (64 characters) leads with what happened and where.
+    assert "0xa700: Refused: Out of resources" in said
+    assert f"[store unavailable: cannot connect to {host}" in said, said
+    assert indexed(server) == {}
+
+
+def test_each_queued_object_is_uploaded_by_one_process(index_url: str, tmp_path: Path) -> None:
+    db = Database(index_url)
+    db.migrate()
+    store = FilesystemStore(tmp_path / "archive")
+    settings = OutageQueue(path=tmp_path / "queue", after=5)
+    first, second = Outbox(db, store, settings), Outbox(db, store, settings)  # two processes, one host
+    sent = {}
+    for n in range(3):
+        path = tmp_path / f"{n}.dcm"
+        path.write_bytes(bytes([n]) * 1000)
+        placed = first.put(f"1.2/1.2.3/1.2.3.{n}.dcm", path, hashlib.sha256(path.read_bytes()).hexdigest(),
+                           behind_queue=True)
+        assert isinstance(placed, Queued)
+        with db.writing() as conn:
+            first.add_row(conn, placed)
+        sent[placed.key] = path.read_bytes()
+        path.unlink()
+    with db.reading() as conn:
+        pks = conn.execute(select(queued_objects.c.pk).order_by(queued_objects.c.pk)).scalars().all()
+
+    assert second._claim(pks[0], "second") is not None
+    assert first._claim(pks[0], "first") is None  # claimed: nobody else uploads it
+    assert first.redrive("first") == 2
+    assert first.depth() == (1, 1000)
+    assert len(list(settings.path.iterdir())) == 1
+
+    # The claimant died: once its lease runs out, another process takes the object over.
+    with db.writing() as conn:
+        conn.execute(update(queued_objects).values(claimed_until=datetime.now(UTC) - timedelta(seconds=1)))
+    assert first.redrive("first") == 1
+    assert first.depth() == (0, 0) and list(settings.path.iterdir()) == []
+    assert {key: b"".join(store.read(key)) for key in store.keys()} == sent
+    for outbox in (first, second):
+        outbox.close()
+    db.dispose()

@@ -11,14 +11,22 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import boto3
+from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
 
 from archive.config import S3Storage
-from archive.storage import BlobNotFound, StoredBlob
+from archive.storage import BlobNotFound, StoredBlob, StoreUnavailable
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import GetObjectRequestTypeDef  # boto3-stubs[s3], a test extra
@@ -49,19 +57,25 @@ class S3Store:
 
     def check(self) -> None:
         # HEAD of the bucket: reachable, credentials accepted, the bucket exists.
-        self.client.head_bucket(Bucket=self.bucket)
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except (BotoCoreError, ClientError) as exc:
+            raise StoreUnavailable(describe(exc)) from exc
 
     def put(self, key: str, path: Path, sha256: str) -> StoredBlob:
         size = os.stat(path).st_size
-        self.client.upload_file(
-            str(path), self.bucket, self.prefix + key,
-            ExtraArgs={
-                "ChecksumAlgorithm": "SHA256",
-                "ContentType": "application/dicom",
-                "Metadata": {"sha256": sha256},
-            },
-            Config=self.transfer,
-        )
+        try:
+            self.client.upload_file(
+                str(path), self.bucket, self.prefix + key,
+                ExtraArgs={
+                    "ChecksumAlgorithm": "SHA256",
+                    "ContentType": "application/dicom",
+                    "Metadata": {"sha256": sha256},
+                },
+                Config=self.transfer,
+            )
+        except (BotoCoreError, ClientError, S3UploadFailedError) as exc:
+            raise StoreUnavailable(describe(exc)) from exc
         return StoredBlob(key, size, sha256)
 
     def read(self, key: str, start: int = 0, length: int | None = None,
@@ -77,7 +91,9 @@ class S3Store:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in _MISSING:
                 raise BlobNotFound(key) from None
-            raise
+            raise StoreUnavailable(describe(exc)) from exc
+        except BotoCoreError as exc:
+            raise StoreUnavailable(describe(exc)) from exc
         return _stream(body, chunk_size)
 
     def delete(self, key: str) -> None:
@@ -95,3 +111,22 @@ class S3Store:
 def _stream(body, chunk_size: int) -> Iterator[bytes]:
     with body:
         yield from body.iter_chunks(chunk_size)
+
+
+def describe(exc: Exception) -> str:
+    """What went wrong with S3, useful words first and short (a DIMSE Error Comment
+    keeps 64 characters): where it could not connect, the server's error code."""
+    cause = exc.__cause__ if isinstance(exc, S3UploadFailedError) and exc.__cause__ else exc
+    where = urlsplit(str(getattr(cause, "kwargs", {}).get("endpoint_url", ""))).netloc or "the S3 endpoint"
+    if isinstance(cause, ConnectTimeoutError):
+        return f"no connection to {where} within the connect timeout"
+    if isinstance(cause, EndpointConnectionError):
+        return f"cannot connect to {where}"
+    if isinstance(cause, ReadTimeoutError):
+        return f"no answer from {where} within the read timeout"
+    if isinstance(cause, ClientError):
+        error = cause.response.get("Error", {})
+        code = error.get("Code") or cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return f"S3 {code}: {error.get('Message') or cause.operation_name}"
+    message = str(cause).strip()
+    return message.splitlines()[0] if message else type(cause).__name__
