@@ -150,9 +150,31 @@ class AuditConfig(Section):
     syslog: Syslog | None = None
 
 
+class OutageQueue(Section):
+    """The outage queue: objects the blob store did not take within ``after``
+    seconds wait here, durably, and are uploaded in the background.
+
+    Not the receive folder (``ingest.spool``, swept at start): what is here was
+    acknowledged and must survive restarts. Put it on the same disk as the
+    receive folder, so queueing is a link, not a copy.
+    """
+
+    path: Path = Path("./var/queue")
+    # Bytes the queue may hold; beyond, instances are refused (0xA700 / 503). 0: no queue.
+    max_bytes: int = Field(10 * 1024**3, ge=0)
+    # Seconds a store put may take before the object is queued instead; with the
+    # time to receive and index, what a C-STORE or STOW-RS waits at most for the store.
+    after: float = Field(10.0, gt=0)
+    # How often each process looks for queued objects to upload once the store answers.
+    redrive_interval: float = Field(5.0, gt=0)
+    # A process that claimed an object and died leaves it to others after this long.
+    claim_timeout: float = Field(600.0, gt=0)
+
+
 class FilesystemStorage(Section):
     backend: Literal["filesystem"] = "filesystem"
     path: Path = Path("./var/archive")
+    queue: OutageQueue = OutageQueue()
 
 
 class S3Storage(Section):
@@ -174,6 +196,7 @@ class S3Storage(Section):
     connect_timeout: float = Field(5.0, gt=0)
     read_timeout: float = Field(60.0, gt=0)
     max_attempts: int = Field(3, ge=1, le=10)
+    queue: OutageQueue = OutageQueue()
 
     @field_validator("prefix")
     @classmethod
@@ -186,6 +209,10 @@ class IndexConfig(Section):
 
     url: str = "sqlite:///./var/index.db"
     pool_size: int = Field(8, ge=1)
+    # Seconds to wait for a connection (from the pool or to PostgreSQL), and for one
+    # statement (PostgreSQL's statement_timeout; SQLite's wait for its write lock).
+    connect_timeout: float = Field(5.0, gt=0)
+    statement_timeout: float = Field(60.0, gt=0)
 
     @field_validator("url")
     @classmethod
@@ -217,6 +244,13 @@ class SweepConfig(Section):
     # An object without an index row this old is adopted or moved to quarantine;
     # younger ones may be an ingest between its upload and its commit.
     orphan_grace: float = Field(900.0, ge=0)
+
+
+class DeleteConfig(Section):
+    """Deleting studies, series and instances over DICOMweb (``DELETE``); the
+    ``huren delete`` command works whatever this says."""
+
+    enabled: bool = False
 
 
 class Hospital(Section):

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config" and args.connect:
         from archive.index.database import Database
 
-        db = Database(config.index.url, config.index.pool_size)
+        db = Database.open(config.index)
         found = connections.problems(config, db)
         db.dispose()
         for problem in found:
@@ -129,7 +129,7 @@ def run(config: Config, log_level: str = "INFO") -> int:
     spool.mkdir(parents=True, exist_ok=True)
     # Each process receives into a folder of its own (archive.receiving); those of ended processes go.
     sweep_receive(spool)
-    db = Database(config.index.url, config.index.pool_size)
+    db = Database.open(config.index)
     if found := connections.problems(config, db):
         for problem in found:
             print(f"huren: {problem}", file=sys.stderr)
@@ -145,7 +145,7 @@ def run(config: Config, log_level: str = "INFO") -> int:
         return 0
     db.dispose()  # each worker opens its own connections
     return workers.supervise(config.workers, lambda _slot: _serve(
-        config, spool, Database(config.index.url, config.index.pool_size), dimse_socket, http_socket,
+        config, spool, Database.open(config.index), dimse_socket, http_socket,
         tls_door, http_context,
     ))
 
@@ -162,16 +162,21 @@ def _serve(config: Config, spool: Path, db: Database, dimse_socket: socket.socke
     from archive.audit import AuditTrail
     from archive.guideline.compliance import Compliance
     from archive.ingest import Ingest
+    from archive.outbox import QueueingStore
     from archive.receiving import ReceiveFolder
     from archive.storage import open_store
     from archive.sweep import Sweeper
     from dicomweb.app import build_app
     from gateway import scp
     from huren.judging import JudgingLoop
+    from huren.redrive import RedriveLoop
     from huren.sweeping import SweepLoop
 
-    store = open_store(config)
-    ingest = Ingest(db, store, config.ingest.on_conflict)
+    ingest = Ingest(db, open_store(config), config.ingest.on_conflict, config.storage.queue)
+    # Reads find objects in the outage queue until they are in the store.
+    store = QueueingStore(ingest.outbox)
+    redrive = RedriveLoop(ingest.outbox, config.storage.queue.redrive_interval).start() \
+        if ingest.outbox.enabled else None
     compliance = Compliance(db, config)
     # Each process its own: the writer thread would not survive a fork.
     trail = AuditTrail(db, config.audit.syslog, config.dicom.ae_title)
@@ -201,6 +206,9 @@ def _serve(config: Config, spool: Path, db: Database, dimse_socket: socket.socke
     finally:
         if judging is not None:
             judging.stop()
+        if redrive is not None:
+            redrive.stop()
+        ingest.outbox.close()
         dimse.shutdown()
         if dimse_tls is not None:
             dimse_tls.shutdown()
