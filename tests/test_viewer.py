@@ -1,7 +1,7 @@
 """OHIF, the web viewer radiologists use, in a real browser against ``huren serve`` (issue 10, part 8).
 
-OHIF's built app (npm ``@ohif/app``'s ``dist/``, fetched by ``.ci/run`` into
-``tests/viewer/ohif``) is served by a small static server on its own 127.0.0.1
+OHIF's built app (npm ``@ohif/app``'s ``dist/``, fetched into ``tests/viewer/ohif``
+by ``tests/viewer/install.sh``, which ``.ci/run`` runs) is served by a small static server on its own 127.0.0.1
 port, and Debian's Chromium, driven headless by ``tests/viewer/drive.mjs``
 (playwright-core), opens a study in the viewer with a hospital's bearer token,
 goes back to the study list and opens the CT and the ultrasound cine from there.
@@ -11,10 +11,12 @@ origin (CORS, ``access.cors.origins``), once with the static server also passing
 front of both would.
 
 What is checked is what a radiologist sees: on the pixels of the screenshots,
-the patients' names drawn in the list where the page says they are and the CT
-drawn with its window (lungs black, soft tissue mid-grey, bone white); and that
-no DICOMweb request failed. The screenshots are kept under the folder the test
-prints (``tests/viewer/artefacts/``, ignored by git).
+the patients' names drawn in the list where the page says they are (one in
+Chinese characters), the CT drawn with its window (lungs black, soft tissue
+mid-grey, bone white), the MR, the ultrasound and Huren's series thumbnails
+drawn; and that no DICOMweb request failed and the console stayed clean. The
+screenshots are kept under the folder the test prints (``tests/viewer/artefacts/``,
+ignored by git).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +44,7 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
@@ -54,7 +57,7 @@ OHIF = VIEWER / "ohif"
 ARTEFACTS = VIEWER / "artefacts"
 CHROMIUM = Path("/usr/bin/chromium")
 HOSPITAL = {"id": "bj-a", "name": "北京甲医院", "ae_titles": ["MODALITY"], "level": "三级甲等", "region": "BJ"}
-# One patient per study; the CT's name is Chinese (ISO_IR 192), in all three groups of the list.
+# One patient per study. The CT's name has an alphabetic and an ideographic group (ISO_IR 192).
 CT_EXAM = Exam("WANG^XIAODONG=王^小东", "VIEW-CT-1", "20261130", "ACC-VIEW-CT")
 MR_EXAM = Exam("MUELLER^HANS", "VIEW-MR-1", "20261129", "ACC-VIEW-MR")
 # As many Chinese modalities send it: ideographs in the first group (OHIF lists only that one).
@@ -176,11 +179,16 @@ def viewer_app(dicomweb: str, huren_dicomweb: str | None) -> Starlette:
     async def app_config(request: Request) -> Response:
         return Response(config, media_type="text/javascript")
 
-    routes: list[Any] = [Route("/app-config.js", app_config)]
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            yield {"client": client}
+
+    routes: list[BaseRoute] = [Route("/app-config.js", app_config)]
     if huren_dicomweb is not None:
-        client = httpx.AsyncClient(timeout=60)
 
         async def proxy(request: Request) -> Response:
+            client: httpx.AsyncClient = request.state.client
             url = huren_dicomweb + request.url.path.removeprefix("/dicom-web")
             forwarded = client.build_request(
                 request.method, httpx.URL(url, query=request.url.query.encode()),
@@ -194,7 +202,7 @@ def viewer_app(dicomweb: str, huren_dicomweb: str | None) -> Starlette:
 
         routes.append(Route("/dicom-web/{path:path}", proxy, methods=["GET", "POST", "DELETE"]))
     routes.append(Mount("/", SinglePageApp(directory=OHIF)))
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, lifespan=lifespan)
 
 
 class Site:
