@@ -141,6 +141,7 @@ def read_header(path: Path) -> InstanceHeader:
             "name_alphabetic": alphabetic,
             "name_ideographic": ideographic,
             "name_phonetic": phonetic,
+            "name_pinyin": names.pinyin(patient_name),
             "birth_date": first_text(body, "00100030"),
             "sex": first_text(body, "00100040"),
         },

@@ -3,12 +3,16 @@
 Query parameters are matching keys (keyword or tag), ``includefield``,
 ``limit``, ``offset`` and ``fuzzymatching``. A key that names no DICOM
 attribute is a 400; a real attribute that cannot be matched on is ignored
-and named in a ``Warning`` header, as §8.3.4.3 allows.
+and named in a ``Warning`` header, as §8.3.4.3 allows. With
+``fuzzymatching=true`` PatientName also matches in Hanyu Pinyin
+(:func:`archive.names.pinyin`); another person name given with it is matched
+literally (case-insensitive), and a ``Warning`` header says so.
 """
 
 from __future__ import annotations
 
 import orjson
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -22,11 +26,15 @@ TRUNCATED = ('299 huren "The number of results exceeded the maximum supported by
              'Additional results can be requested."')
 
 
+FUZZY_NAMES = {parse_attribute("PatientName")}  # person names matched fuzzily, the others literally
+
+
 def parse_query(request: Request, level: Level) -> tuple[Query, list[str]]:
     """Read the query parameters of `request` into a :class:`Query`.
 
-    Returns the query and the names of the ignored (unsupported) keys. The
-    query's limit is what the client asked for, or ``None``.
+    Returns the query and the ``Warning`` header values it calls for (ignored
+    keys, fuzzy matching not applied). The query's limit is what the client
+    asked for, or ``None``.
     """
     params = request.query_params
     query = Query(
@@ -41,6 +49,7 @@ def parse_query(request: Request, level: Level) -> tuple[Query, list[str]]:
     fuzzy = params.get("fuzzymatching", "false").lower()
     if fuzzy not in ("true", "false"):
         raise DicomWebError(400, "must be true or false", "fuzzymatching")
+    query.fuzzy = fuzzy == "true"
     for value in params.getlist("includefield"):
         for name in filter(None, (v.strip() for v in value.split(","))):
             if name == "all":
@@ -61,7 +70,17 @@ def parse_query(request: Request, level: Level) -> tuple[Query, list[str]]:
         if tag in query.matches:
             raise DicomWebError(400, "given more than once", name)
         query.matches[tag] = value
-    return query, ignored
+    warnings = []
+    if ignored:
+        warnings.append(f'299 huren "The following attributes are not supported for matching: '
+                        f'{", ".join(ignored)}"')
+    literal = [keyword_for_tag(tag) for tag, value in query.matches.items()
+               if query.fuzzy and value not in ("", "*") and tag not in FUZZY_NAMES and _is_name(tag)]
+    if literal:
+        # PS3.18 §8.3.4.1: fuzzy matching asked for but not performed is said in a Warning.
+        warnings.append(f'299 huren "Fuzzy matching is not supported for {", ".join(literal)}; '
+                        f'only literal matching has been performed on it"')
+    return query, warnings
 
 
 def respond(request: Request, level: Level) -> Response:
@@ -71,7 +90,7 @@ def respond(request: Request, level: Level) -> Response:
     cap (not the client's own limit) cut the answer short, a ``Warning`` header
     says so, as PS3.18 §8.3.4.4 asks.
     """
-    query, ignored = parse_query(request, level)
+    query, warnings = parse_query(request, level)
     app = request.app.state
     cap = app.config.http.max_query_results
     asked = query.limit
@@ -85,10 +104,6 @@ def respond(request: Request, level: Level) -> Response:
         raise DicomWebError(400, str(exc), exc.parameter) from None
     audit(request, "query", "success", study_uid=query.study_uid, series_uid=query.series_uid,
           detail=f"{request.url.path}?{request.url.query}")
-    warnings = []
-    if ignored:
-        warnings.append(f'299 huren "The following attributes are not supported for matching: '
-                        f'{", ".join(ignored)}"')
     if len(results) > returned:
         results = results[:returned]
         if asked is None or asked > cap:
@@ -107,6 +122,13 @@ def series(request: Request) -> Response:
 
 def instances(request: Request) -> Response:
     return respond(request, Level.INSTANCE)
+
+
+def _is_name(tag: int) -> bool:
+    try:
+        return dictionary_VR(tag) == "PN"
+    except KeyError:
+        return False
 
 
 def _attribute(name: str) -> int:

@@ -2,9 +2,11 @@
 
 Matching follows PS3.4 §C.2.2.2: single value, wildcard (``*`` and ``?``),
 range (dates and times), list of UIDs and universal (empty value) matching.
-Person names match case-insensitively on any of their component groups.
-Results are DICOM JSON objects holding the level's attributes (PS3.18
-Table 10.6.3-3) and any ``includefield`` the caller asks for.
+Person names match case-insensitively on any of their component groups;
+with fuzzy matching (PS3.4 §C.2.2.2.1.4, implementation-defined) a patient's
+name also matches in Hanyu Pinyin (:func:`archive.names.pinyin`), in SQL on
+an indexed column. Results are DICOM JSON objects holding the level's
+attributes (PS3.18 Table 10.6.3-3) and any ``includefield`` the caller asks for.
 """
 
 from __future__ import annotations
@@ -134,6 +136,35 @@ class Query:
     offset: int = 0
     study_uid: str | None = None
     series_uid: str | None = None
+    fuzzy: bool = False
+
+
+# What ``includefield=all`` adds at each level: the attributes of the modules of that
+# level (PS3.3 Patient, General Study and Patient Study; General Series, General
+# Equipment, Frame of Reference), as the level's sample instance holds them. At the
+# instance level every attribute of the instance is returned.
+PATIENT_GROUP = 0x0010
+LEVEL_ATTRIBUTES: dict[Level, frozenset[int]] = {
+    Level.STUDY: frozenset(_tags(
+        "SpecificCharacterSet", "TimezoneOffsetFromUTC", "StudyInstanceUID", "StudyDate", "StudyTime",
+        "ReferringPhysicianName", "ReferringPhysicianIdentificationSequence", "ConsultingPhysicianName",
+        "StudyID", "AccessionNumber", "IssuerOfAccessionNumberSequence", "StudyDescription",
+        "PhysiciansOfRecord", "NameOfPhysiciansReadingStudy", "RequestingService", "ReferencedStudySequence",
+        "ProcedureCodeSequence", "ReasonForPerformedProcedureCodeSequence", "AdmittingDiagnosesDescription",
+        "PatientAge", "PatientSize", "PatientWeight", "Occupation", "AdditionalPatientHistory",
+        "SOPClassesInStudy",
+    )),
+    Level.SERIES: frozenset(_tags(
+        "Modality", "SeriesInstanceUID", "SeriesNumber", "Laterality", "SeriesDate", "SeriesTime",
+        "PerformingPhysicianName", "ProtocolName", "SeriesDescription", "SeriesDescriptionCodeSequence",
+        "OperatorsName", "ReferencedPerformedProcedureStepSequence", "RelatedSeriesSequence",
+        "BodyPartExamined", "PatientPosition", "RequestAttributesSequence", "PerformedProcedureStepID",
+        "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime",
+        "PerformedProcedureStepDescription", "PerformedProtocolCodeSequence", "FrameOfReferenceUID",
+        "PositionReferenceIndicator", "Manufacturer", "InstitutionName", "InstitutionAddress", "StationName",
+        "InstitutionalDepartmentName", "ManufacturerModelName", "DeviceSerialNumber", "SoftwareVersions",
+    )),
+}
 
 
 def parse_attribute(name: str) -> int:
@@ -184,7 +215,7 @@ def search(conn: Connection, query: Query, retrieve_base: str,
     for tag, value in query.matches.items():
         if not is_supported(level, tag):
             continue
-        condition = _condition(tag, value)
+        condition = _condition(tag, value, query.fuzzy)
         if condition is not None:
             conditions.append(condition)
     statement = (
@@ -204,8 +235,8 @@ def search(conn: Connection, query: Query, retrieve_base: str,
         samples = {row.pk: row.metadata for row in rows}
     else:
         samples = _sample_metadata(conn, level, pks)
-    extra = _computed(conn, level, pks)
     wanted = _wanted(query)
+    extra = _computed(conn, level, pks, sop_classes=wanted(_t("SOPClassesInStudy")))
     results = []
     for row in rows:
         url = f"{retrieve_base}/studies/{row.study_uid}"
@@ -229,7 +260,12 @@ def _wanted(query: Query) -> Callable[[int], bool]:
     if query.level is Level.INSTANCE and query.series_uid is None:
         shown |= set(RETURNED[Level.SERIES])
     if query.include_all:
-        shown |= {tag for tag, key in KEYS.items() if _RANK[key.level] <= _RANK[query.level]}
+        if query.level is Level.INSTANCE:
+            return lambda tag: True
+        shown |= LEVEL_ATTRIBUTES[Level.STUDY]
+        if query.level is Level.SERIES:
+            shown |= LEVEL_ATTRIBUTES[Level.SERIES]
+        return lambda tag: tag in shown or tag >> 16 == PATIENT_GROUP
     return shown.__contains__
 
 
@@ -247,8 +283,13 @@ def _sample_metadata(conn: Connection, level: Level, pks: list[int]) -> dict[int
     return {row.owner: row.metadata for row in rows}
 
 
-def _computed(conn: Connection, level: Level, pks: list[int]) -> dict[int, dict[str, Any]]:
-    """Counts and modalities, computed for the page only (PS3.18 Table 10.6.3-3)."""
+def _computed(conn: Connection, level: Level, pks: list[int], *,
+              sop_classes: bool = False) -> dict[int, dict[str, Any]]:
+    """Counts and modalities, computed for the page only (PS3.18 Table 10.6.3-3);
+    a study's SOPClassesInStudy when `sop_classes` (asked for by ``includefield``).
+
+    The sharing policy admits or hides whole studies, so a visible study's
+    counts are all of its series and instances."""
     computed: dict[int, dict[str, Any]] = {pk: {} for pk in pks}
     if level is Level.STUDY:
         counts = conn.execute(
@@ -268,6 +309,16 @@ def _computed(conn: Connection, level: Level, pks: list[int]) -> dict[int, dict[
                 modalities.setdefault(pk, []).append(modality)
         for pk, values in modalities.items():
             computed[pk]["00080061"] = {"vr": "CS", "Value": values}
+        if sop_classes:
+            classes: dict[int, list[str]] = {}
+            for pk, sop_class in conn.execute(
+                select(series.c.study_pk, instances.c.sop_class_uid).distinct()
+                .select_from(series.join(instances, instances.c.series_pk == series.c.pk))
+                .where(series.c.study_pk.in_(pks)).order_by(instances.c.sop_class_uid)
+            ):
+                classes.setdefault(pk, []).append(sop_class)
+            for pk, values in classes.items():
+                computed[pk]["00080062"] = {"vr": "UI", "Value": values}
         _guideline(conn, pks, computed)
     elif level is Level.SERIES:
         for pk, count in conn.execute(
@@ -316,7 +367,7 @@ def _guideline(conn: Connection, pks: list[int], computed: dict[int, dict[str, A
             result[tags["items"]] = {"vr": "LO", "Value": codes}
 
 
-def _condition(tag: int, value: str) -> ColumnElement[bool] | None:
+def _condition(tag: int, value: str, fuzzy: bool = False) -> ColumnElement[bool] | None:
     key = KEYS[tag]
     name = keyword_for_tag(tag) or f"{tag:08X}"
     if value in ("", "*"):
@@ -342,20 +393,28 @@ def _condition(tag: int, value: str) -> ColumnElement[bool] | None:
     if key.kind == "pn1":
         return _text_match(key.column, names.normalise(value))
     if key.kind == "pn":
-        return _name_match(value)
+        return _name_match(value, fuzzy)
     return _text_match(key.column, value)
 
 
-def _name_match(value: str) -> ColumnElement[bool]:
+def _name_match(value: str, fuzzy: bool) -> ColumnElement[bool]:
+    """A patient name query: any group, or group by group when `value` has ``=``.
+
+    Fuzzy, the (alphabetic) query also matches the name's pinyin, which an
+    ideographic-only name has too.
+    """
     columns = (patients.c.name_alphabetic, patients.c.name_ideographic, patients.c.name_phonetic)
+
+    def match(column: Any, part: str) -> ColumnElement[bool]:
+        literal = _text_match(column, names.normalise(part))
+        if not fuzzy or column is not patients.c.name_alphabetic:
+            return literal
+        return or_(literal, _text_match(patients.c.name_pinyin, names.query_pinyin(part)))
+
     if "=" in value:
         parts = value.split("=")
-        return and_(*(
-            _text_match(column, names.normalise(part))
-            for column, part in zip(columns, parts) if part not in ("", "*")
-        ))
-    wanted = names.normalise(value)
-    return or_(*(_text_match(column, wanted) for column in columns))
+        return and_(*(match(column, part) for column, part in zip(columns, parts) if part not in ("", "*")))
+    return or_(*(match(column, value) for column in columns))
 
 
 def _text_match(column: Any, value: str) -> ColumnElement[bool]:
