@@ -34,7 +34,7 @@ from archive.syslog import SyslogSender, timestamp, utc
 
 log = logging.getLogger("huren.audit")
 
-Action = Literal["store", "query", "retrieve", "token", "share", "login"]
+Action = Literal["store", "query", "retrieve", "delete", "token", "share", "login"]
 Outcome = Literal["success", "failure", "denied"]
 
 #: Events waiting for the index beyond this many drop the oldest. An index
@@ -54,7 +54,7 @@ def _utc_now() -> datetime.datetime:
 class AuditEvent:
     """One audited action at one door.
 
-    `action` is ``store``, ``query``, ``retrieve``, ``token``, ``share`` or
+    `action` is ``store``, ``query``, ``retrieve``, ``delete``, ``token``, ``share`` or
     ``login`` (a credential or an association refused); `outcome` is
     ``success``, ``failure`` or ``denied``. `detail` says what else a
     reviewer needs: the query string, a status such as ``0xA700``, a count,
@@ -96,6 +96,7 @@ EVENT_ID: dict[str, Code] = {
     "store": ("110104", "DCM", "DICOM Instances Transferred"),  # A.5.3.7
     "retrieve": ("110104", "DCM", "DICOM Instances Transferred"),  # A.5.3.7
     "query": ("110112", "DCM", "Query"),  # A.5.3.10
+    "delete": ("110103", "DCM", "DICOM Instances Accessed"),  # A.5.3.6, EventActionCode D
     "login": ("110114", "DCM", "User Authentication"),  # A.5.3.12
     # Tokens and shares change who may see what: a Security Alert (A.5.3.11)
     # whose EventTypeCode says whose security attributes changed.
@@ -111,7 +112,7 @@ EVENT_TYPE: dict[str, Code] = {
 # EventActionCode: A.5.3.7 gives "C" to the receiver of instances it did not
 # hold (a store) and "E" to an audit source that is not the receiver (a
 # retrieve); A.5.3.10-12 give "E" to queries, alerts and authentication.
-ACTION_CODE = {"store": "C", "retrieve": "E", "query": "E", "login": "E", "token": "E", "share": "E"}
+ACTION_CODE = {"store": "C", "retrieve": "E", "query": "E", "delete": "D", "login": "E", "token": "E", "share": "E"}
 # EventOutcomeIndicator (A.5.1, A.5.2): a refusal is a minor failure (the
 # caller may come back with the right credential, like the standard's invalid
 # password on a first try); a failure ended the action, a serious one. 12,

@@ -324,6 +324,7 @@ class Config(Section):
     access: AccessConfig = AccessConfig()
     audit: AuditConfig = AuditConfig()
     sweep: SweepConfig = SweepConfig()
+    delete: DeleteConfig = DeleteConfig()
     #: Processes that serve DICOM and HTTP together; one uses one CPU core.
     workers: int = Field(1, ge=1, le=64)
 

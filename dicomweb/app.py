@@ -20,7 +20,7 @@ from archive.guideline.compliance import Compliance
 from archive.index.database import Database
 from archive.ingest import Ingest
 from archive.storage import BlobStore, StoreUnavailable
-from dicomweb import auth, bulkdata, cors, qido, quality, recognition, rendered, shares, stow, wado, wadouri
+from dicomweb import auth, bulkdata, cors, delete, qido, quality, recognition, rendered, shares, stow, wado, wadouri
 from dicomweb.errors import error_response, store_unavailable
 
 
@@ -47,6 +47,7 @@ def build_app(config: Config, db: Database, store: BlobStore, ingest: Ingest, sp
         Route(instance + "/metadata", wado.retrieve_metadata, methods=["GET"]),
         Route(instance + "/frames/{frames}", bulkdata.frames, methods=["GET"]),
         Route(instance + "/bulkdata/{path:path}", bulkdata.bulkdata, methods=["GET"]),
+        *[Route(level, delete.remove, methods=["DELETE"]) for level in (study, series, instance)],
         *[Route(level + "/rendered", rendered.rendered, methods=["GET"])
           for level in (study, series, instance, instance + "/frames/{frames}")],
         *[Route(level + "/thumbnail", rendered.thumbnail, methods=["GET"])

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from archive.config import Config, ConfigError, config_with_rule_sets, load_config
 from archive.receiving import sweep_receive
 from archive.tls import server_context
-from huren import audit, connections, tokens, verify
+from huren import audit, connections, delete, tokens, verify
 
 if TYPE_CHECKING:
     import ssl
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     rejudge.add_argument("--config", default="conf/huren.yaml", help="YAML configuration file")
     tokens.add_parser(commands)
     audit.add_parser(commands)
+    delete.add_parser(commands)
     verify.add_parser(commands)
     args = parser.parse_args(argv)
     try:
@@ -77,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         return tokens.run(args, config)
     if args.command == "audit":
         return audit.run(args, config)
+    if args.command == "delete":
+        return delete.run(args, config)
     if args.command in ("verify", "reindex"):
         return verify.run(args, config)
     if args.command == "guideline":
@@ -134,6 +137,7 @@ def run(config: Config, log_level: str = "INFO") -> int:
         for problem in found:
             print(f"huren: {problem}", file=sys.stderr)
         return 2
+    _finish_deletions(config, db)
     dimse_socket = workers.listen(config.dicom.host, config.dicom.port, "DICOM")
     http_socket = workers.listen(config.http.host, config.http.port, "HTTP")
     # DICOM over TLS is served on a port of its own, beside the plain one.
@@ -216,6 +220,16 @@ def _serve(config: Config, spool: Path, db: Database, dimse_socket: socket.socke
         sweeping.stop()
         receiving.close()
         db.dispose()
+
+
+def _finish_deletions(config: Config, db: Database) -> None:
+    """Delete the objects of deletions a crash interrupted (archive.delete), before
+    anything serves or sweeps: their rows are gone, so they must not be adopted."""
+    from archive.delete import Deleter
+    from archive.storage import open_store
+
+    if cleared := Deleter(db, open_store(config)).resume():
+        log.info("interrupted deletions finished", extra={"objects": cleared})
 
 
 def _loopback(host: str) -> bool:

@@ -219,6 +219,16 @@ audit_events = Table(
     Column("detail", Text, nullable=True),                # the query, the count, the status
 )
 
+# The deletion journal (archive.delete): objects whose index rows were removed and
+# that are still to be deleted from the blob store.
+deletions = Table(
+    "deletions", metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("blob_key", Text, nullable=False),
+    Column("study_uid", UID, nullable=False),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+)
+
 Index("ix_shares_hospital", shares.c.hospital_id, shares.c.study_pk)
 Index("ix_item_results_recognised", item_results.c.study_pk, item_results.c.verdict, item_results.c.rule_set,
       item_results.c.mark, item_results.c.hospital_id)
