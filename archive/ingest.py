@@ -61,6 +61,8 @@ class Failure(enum.Enum):
     DUPLICATE_REJECTED = 0x0111
     OUT_OF_RESOURCES = 0xA700
     PROCESSING_FAILURE = 0x0110
+    # STOW-RS only (PS3.18 Table I.2-2): a transfer syntax the server does not take.
+    TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
 
 
 class IngestError(Exception):

@@ -1,11 +1,17 @@
 """STOW-RS: store instances (PS3.18 §10.5).
 
-The body (``multipart/related; type="application/dicom"``) is spooled part by
-part to files, never held in memory, and each part goes through the same
-ingest call as C-STORE, a few at a time so that one part's parsing overlaps
-another's fsyncs. The answer lists stored instances in
-ReferencedSOPSequence and refused ones in FailedSOPSequence with the same
-failure codes C-STORE answers with.
+The body (``multipart/related; type="application/dicom"``, or
+``type="application/dicom+json"`` with bulk data parts: :mod:`dicomweb.stowjson`)
+is spooled part by part to files, never held in memory, and each instance goes
+through the same ingest call as C-STORE, a few at a time so that one part's
+parsing overlaps another's fsyncs. The answer (PS3.18 Annex I) lists stored
+instances in ReferencedSOPSequence, with a WarningReason when one was stored
+with a warning, and refused ones in FailedSOPSequence with the same failure
+codes C-STORE answers with. PS3.18 Table I.1-1 has no attribute for a reason's
+text, so each failure and warning is also said in a ``Warning`` header
+(``299 huren "<SOP Instance UID>: <why>"``), as dcm4chee does. The status is
+200 when every instance was stored without warnings, 202 when some were
+refused or had warnings, 409 when none was stored (§10.5.3).
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from archive.ingest import Failure, Ingest, IngestError, Source, Stored
+from archive.ingest import Failure, Ingest, IngestError, Outcome, Source, Stored
+from dicomweb import stowjson
 from dicomweb.errors import DicomWebError
 from dicomweb.multipart import Part, PartReader, media_type
 from dicomweb.resources import audit, caller
@@ -40,9 +47,9 @@ async def store(request: Request) -> Response:
     state = request.app.state
     kind, params = media_type(request.headers.get("content-type"))
     part_type = params.get("type", DICOM).strip('"').lower()
-    if kind != "multipart/related" or part_type != DICOM:
-        raise DicomWebError(415, 'STOW-RS takes multipart/related; type="application/dicom"',
-                            "content-type")
+    if kind != "multipart/related" or part_type not in (DICOM, stowjson.DICOM_JSON):
+        raise DicomWebError(415, 'STOW-RS takes multipart/related; type="application/dicom" or '
+                            'type="application/dicom+json" (with bulk data parts)', "content-type")
     if not params.get("boundary"):
         raise DicomWebError(400, "multipart/related needs a boundary parameter", "content-type")
     declared = request.headers.get("content-length")
@@ -75,7 +82,12 @@ async def store(request: Request) -> Response:
     # instances of another hospital's study).
     source = Source("stow", caller(request).hospital_id)
     study = request.path_params.get("study")
-    outcomes = await run_in_threadpool(_ingest_all, state.ingest, parts, source, study)
+    if part_type == DICOM:
+        items: list[Item] = [(_dicom_part(part), None) for part in parts]
+    else:
+        items = await run_in_threadpool(_built, parts, state.spool)
+    results = await run_in_threadpool(_ingest_all, state.ingest, items, source, study)
+    outcomes = [outcome for outcome, _warning in results]
     for outcome in outcomes:
         if isinstance(outcome, Stored):
             audit(request, "store", "success", study_uid=outcome.study_uid, series_uid=outcome.series_uid,
@@ -84,27 +96,55 @@ async def store(request: Request) -> Response:
             audit(request, "store", "failure", sop_uid=outcome.sop_uid or None,
                   detail=f"0x{outcome.failure.value:04X}")
     root = root_url(request)
-    return _answer(outcomes, root, study)
+    return _answer(results, root, study)
 
 
-def _ingest_all(ingest: Ingest, parts: list[Part], source: Source,
-                study: str | None) -> list[Stored | IngestError]:
-    if len(parts) == 1:
-        return [_ingest_part(ingest, source, study, parts[0])]
-    with ThreadPoolExecutor(min(PARALLEL_PARTS, len(parts)), thread_name_prefix="stow") as pool:
-        return list(pool.map(partial(_ingest_part, ingest, source, study), parts))
+# A WarningReason and its text; an instance to archive (a Part-10 file, with the warning
+# building it gave) or its refusal; what came of it.
+Warned = tuple[int, str] | None
+Item = tuple[Path | IngestError, Warned]
+Result = tuple[Stored | IngestError, Warned]
+# PS3.18 I.2.1 (implementation-specific, B-range): a different instance under this SOP
+# Instance UID is archived and was kept (ingest.on_conflict: keep); this one was not stored.
+KEPT_ANOTHER = 0xB00C
 
 
-def _ingest_part(ingest: Ingest, source: Source, study: str | None, part: Part) -> Stored | IngestError:
+def _dicom_part(part: Part) -> Path | IngestError:
     if part.content_type not in ("", DICOM):
         os.unlink(part.path)
         return IngestError(Failure.CANNOT_UNDERSTAND, f"part of type {part.content_type} is not {DICOM}")
+    _as_part10(part.path)
+    return part.path
+
+
+def _built(parts: list[Part], folder: Path) -> list[Item]:
+    """The instances of a metadata and bulk data request, as Part-10 files in `folder`."""
+    items: list[Item] = []
+    for built in stowjson.instances(parts, folder):
+        items.append((built, None) if isinstance(built, IngestError) else built)
+    return items
+
+
+def _ingest_all(ingest: Ingest, items: list[Item], source: Source, study: str | None) -> list[Result]:
+    if len(items) == 1:
+        return [_ingest_item(ingest, source, study, items[0])]
+    with ThreadPoolExecutor(min(PARALLEL_PARTS, len(items)), thread_name_prefix="stow") as pool:
+        return list(pool.map(partial(_ingest_item, ingest, source, study), items))
+
+
+def _ingest_item(ingest: Ingest, source: Source, study: str | None, item: Item) -> Result:
+    path, warning = item
     try:
-        _as_part10(part.path)
-        return ingest.ingest(part.path, source, expected_study=study)
+        if isinstance(path, IngestError):
+            raise path
+        stored = ingest.ingest(path, source, expected_study=study)
     except IngestError as exc:
         log.warning("STOW-RS refused: %s", exc, extra={"sop": exc.sop_uid, "door": "stow"})
-        return exc
+        return exc, None
+    if stored.outcome is Outcome.KEPT:
+        warning = (KEPT_ANOTHER, "a different instance with this SOP Instance UID is archived and was kept "
+                                 "(ingest.on_conflict: keep); this one was not stored")
+    return stored, warning
 
 
 def _as_part10(path: Path) -> None:
@@ -125,18 +165,23 @@ def _as_part10(path: Path) -> None:
     os.replace(whole, path)
 
 
-def _answer(outcomes: list[Stored | IngestError], root: str, study: str | None) -> Response:
-    """The Store Instances Response Module (PS3.18 Table 10.5.3-3) and its HTTP status."""
-    referenced, failed = [], []
-    for outcome in outcomes:
+def _answer(results: list[Result], root: str, study: str | None) -> Response:
+    """The Store Instances Response Module (PS3.18 Table I.1-1) and its HTTP status."""
+    outcomes = [outcome for outcome, _warning in results]
+    referenced, failed, reasons = [], [], []
+    for outcome, warning in results:
         if isinstance(outcome, Stored):
-            referenced.append({
+            item = {
                 "00081150": {"vr": "UI", "Value": [outcome.sop_class_uid]},
                 "00081155": {"vr": "UI", "Value": [outcome.sop_uid]},
                 "00081190": {"vr": "UR", "Value": [
                     f"{root}/studies/{outcome.study_uid}/series/{outcome.series_uid}"
                     f"/instances/{outcome.sop_uid}"]},
-            })
+            }
+            if warning is not None:
+                item["00081196"] = {"vr": "US", "Value": [warning[0]]}
+                reasons.append(f'299 huren "{_quoted(outcome.sop_uid)}: {_quoted(warning[1])}"')
+            referenced.append(item)
         else:
             item = {"00081197": {"vr": "US", "Value": [outcome.failure.value]}}
             if outcome.sop_class_uid:
@@ -144,6 +189,8 @@ def _answer(outcomes: list[Stored | IngestError], root: str, study: str | None) 
             if outcome.sop_uid:
                 item["00081155"] = {"vr": "UI", "Value": [outcome.sop_uid]}
             failed.append(item)
+            named = outcome.sop_uid or "(no SOP Instance UID)"
+            reasons.append(f'299 huren "{_quoted(named)}: {_quoted(str(outcome))}"')
     body: dict[str, object] = {}
     studies = {o.study_uid for o in outcomes if isinstance(o, Stored)}
     if study or len(studies) == 1:
@@ -152,8 +199,8 @@ def _answer(outcomes: list[Stored | IngestError], root: str, study: str | None) 
         body["00081198"] = {"vr": "SQ", "Value": failed}
     if referenced:
         body["00081199"] = {"vr": "SQ", "Value": referenced}
-    status = 200 if not failed else 202 if referenced else 409
-    headers = {}
+    status = 200 if not reasons else 202 if referenced else 409
+    headers = {"Warning": ", ".join(reasons)} if reasons else {}
     if not referenced and all(o.failure is Failure.OUT_OF_RESOURCES for o in outcomes
                               if isinstance(o, IngestError)):
         # Nothing kept, and only for want of the index, the store or queue room: a

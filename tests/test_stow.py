@@ -68,7 +68,7 @@ def still_there(huren: Huren, ds: Dataset) -> None:
 @pytest.mark.parametrize("content_type", [
     "application/dicom",
     "application/json",
-    'multipart/related; type="application/dicom+json"; boundary=x',
+    'multipart/related; type="application/dicom+xml"; boundary=x',
     "multipart/form-data; boundary=x",
 ])
 def test_wrong_content_type_is_415(huren: Huren, archived: Dataset, content_type: str) -> None:
