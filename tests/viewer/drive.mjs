@@ -32,6 +32,7 @@ await context.addInitScript(() => localStorage.setItem('shownTours', JSON.string
 
 const report = { requests: [], failed: [], console: [], pageErrors: [], listText: '', names: {}, viewports: {}, thumbnails: {} };
 const inFlight = new Set();
+let framesReceived = 0;
 const isDicomweb = url => url.startsWith(job.dicomweb);
 const page = context.pages()[0] ?? await context.newPage();
 page.on('console', message => {
@@ -53,6 +54,7 @@ page.on('requestfinished', async request => {
   const response = await request.response();
   const entry = { url: request.url(), method: request.method(), status: response?.status() };
   report.requests.push(entry);
+  if (request.url().includes('/frames/') && response?.ok()) framesReceived += 1;
   if (!response || response.status() >= 400) {
     // What was asked and what Huren answered, to name the fault (the token left out).
     const { authorization, ...headers } = request.headers();
@@ -73,9 +75,15 @@ async function settle(quiet = 2000) {
   throw new Error(`DICOMweb requests still open after ${timeout} ms: ${[...inFlight].map(r => r.url())}`);
 }
 
-// The viewer is ready once a viewport holds a canvas and the images have arrived.
-async function viewerShown(name) {
+// The viewer is ready once a viewport holds a canvas, pixel data has come in since `before`
+// frames had, and no more is coming.
+async function viewerShown(name, before) {
   await page.locator('.cornerstone-viewport-element canvas').first().waitFor({ state: 'visible' });
+  const deadline = Date.now() + timeout;
+  while (framesReceived === before) {
+    if (Date.now() > deadline) throw new Error(`no frame arrived for ${name} within ${timeout} ms`);
+    await page.waitForTimeout(200);
+  }
   await settle();
   await page.waitForTimeout(1500); // one more frame drawn after the last image came in
   await page.screenshot({ path: join(job.out, `${name}.png`) });
@@ -90,7 +98,7 @@ try {
   entry.searchParams.set('StudyInstanceUIDs', job.entry);
   entry.searchParams.set('token', job.token);
   await page.goto(entry.href);
-  await viewerShown('entry');
+  await viewerShown('entry', 0);
 
   await page.locator('[data-cy="return-to-work-list"]').first().click();
   for (const name of job.names) await page.getByText(name, { exact: false }).first().waitFor();
@@ -102,8 +110,9 @@ try {
   for (const [index, { row, name }] of job.open.entries()) {
     if (index > 0) await page.locator('[data-cy="return-to-work-list"]').first().click();
     await page.getByText(row, { exact: true }).first().click();
+    const before = framesReceived;
     await page.getByRole('button', { name: /basic viewer/i }).first().click();
-    await viewerShown(name);
+    await viewerShown(name, before);
   }
 } catch (error) {
   report.error = String(error);
