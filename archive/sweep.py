@@ -34,7 +34,7 @@ from sqlalchemy import select, text
 
 from archive import inventory
 from archive.index.database import Database
-from archive.index.schema import instances, studies
+from archive.index.schema import deletions, instances, studies
 from archive.ingest import Failure, Ingest, IngestError, Outcome, Source
 from archive.receiving import Swept, sweep_receive
 from archive.storage import BlobNotFound, BlobStore, StoredBlob, instance_key
@@ -184,6 +184,8 @@ def orphans(db: Database, blobs: Iterable[inventory.Blob]) -> Iterator[str]:
 def _unindexed(db: Database, keys: list[str]) -> list[str]:
     with db.reading() as conn:
         known = set(conn.execute(select(instances.c.blob_key).where(instances.c.blob_key.in_(keys))).scalars())
+        # An object journalled for deletion (archive.delete) lost its row on purpose: never adopted.
+        known |= set(conn.execute(select(deletions.c.blob_key).where(deletions.c.blob_key.in_(keys))).scalars())
     return [key for key in keys if key not in known]
 
 
