@@ -10,7 +10,12 @@ either
   the token's hospital, the actor its token id; or
 - an OpenID Connect access token, a JWT (RFC 7519) signed by the provider's
   key (``access.oidc``): the caller is the hospital its hospital claim names,
-  the actor ``oidc:<sub>``.
+  the actor ``oidc:<sub>``;
+
+or come over HTTPS with a client certificate, verified against
+``http.tls.client_ca``, that ``hospitals[].certificates`` names: the caller is
+that hospital, the actor ``certificate:<common name>``. With both, a token of
+another hospital than the certificate's (an admin's excepted) is refused.
 
 A hospital a credential names must be configured, and a caller who is not an
 admin must have one: a caller without a hospital sees everything. Anything
@@ -24,6 +29,7 @@ buffer the streamed WADO-RS and STOW-RS bodies.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import logging
 import time
 from dataclasses import replace
@@ -44,6 +50,8 @@ from archive.audit import AuditEvent, AuditTrail
 from archive.config import Config, ConfigError, Oidc
 from archive.index.database import Database
 from archive.policy import Caller
+from archive.tls import common_names, hospital_for_certificate
+from dicomweb.tls import client_certificate
 
 log = logging.getLogger("huren.auth")
 
@@ -96,6 +104,8 @@ class Authentication:
         # Token SHA-256 -> (monotonic time it is good until, caller). Read and
         # written on the event loop only, so it needs no lock.
         self._recent: dict[str, tuple[float, Caller]] = {}
+        # Client certificate (DER) -> the caller it proves, if any; likewise on the event loop only.
+        self._certificates: dict[bytes, Caller | None] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or _unguarded(scope):
@@ -116,7 +126,10 @@ class Authentication:
     async def _authenticate(self, scope: Scope, address: str | None) -> Caller | Response:
         """The caller of an access-controlled request, or the answer that refuses it."""
         presented = _bearer(Headers(scope=scope))
+        certified = self._certified(scope)
         if presented is None:
+            if certified is not None:
+                return certified
             log.info("authentication required", extra={"address": address, "path": scope["path"]})
             self._denied("anonymous", address, scope, "no bearer token")
             return _unauthorized(None)
@@ -131,7 +144,28 @@ class Authentication:
             log.info("bearer token refused", extra={"address": address, "path": scope["path"]})
             self._denied(_claimed_actor(presented), address, scope, "bearer token not accepted")
             return _unauthorized("The access token is not accepted")
+        if certified is not None and not caller.admin and caller.hospital_id != certified.hospital_id:
+            # Two proofs of identity that disagree: believe neither.
+            log.info("bearer token of another hospital than the client certificate", extra={
+                "address": address, "hospital": certified.hospital_id, "path": scope["path"]})
+            self._denied(caller.actor, address, scope,
+                         f"a token of {caller.hospital_id} with a client certificate of {certified.hospital_id}")
+            return _unauthorized("The access token is not for the hospital of the client certificate")
         return caller
+
+    def _certified(self, scope: Scope) -> Caller | None:
+        """The hospital a verified client certificate of this connection speaks for (:mod:`dicomweb.tls`)."""
+        der = client_certificate(scope)
+        if der is None:
+            return None
+        if der not in self._certificates:
+            if len(self._certificates) >= CACHE_ENTRIES:
+                self._certificates.clear()
+            hospital = hospital_for_certificate(self.config, der)
+            self._certificates[der] = None if hospital is None else Caller(
+                "http", f"certificate:{(common_names(der) or [hashlib.sha256(der).hexdigest()])[0]}",
+                hospital_id=hospital.id)
+        return self._certificates[der]
 
     def _denied(self, actor: str, address: str | None, scope: Scope, reason: str) -> None:
         """Record a request refused for its credentials (a failed login, PS3.15 A.5.3.12)."""

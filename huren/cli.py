@@ -161,6 +161,8 @@ def _serve(config: Config, spool: Path, db: Database, dimse_socket: socket.socke
 
     `tls_door` is the DICOM-over-TLS socket and its context; `http_context` makes the HTTP door HTTPS.
     """
+    import ssl
+
     import uvicorn
 
     from archive.audit import AuditTrail
@@ -171,6 +173,7 @@ def _serve(config: Config, spool: Path, db: Database, dimse_socket: socket.socke
     from archive.storage import open_store
     from archive.sweep import Sweeper
     from dicomweb.app import build_app
+    from dicomweb.tls import CertifyingProtocol
     from gateway import scp
     from huren.judging import JudgingLoop
     from huren.redrive import RedriveLoop
@@ -198,6 +201,8 @@ def _serve(config: Config, spool: Path, db: Database, dimse_socket: socket.socke
         access_log=False, timeout_keep_alive=30,
         # The context the DICOM door uses too (TLS 1.2+, client certificates as configured).
         ssl_context_factory=(lambda _config, _default: http_context) if http_context else None,
+        # Client certificates, where asked for, reach the app to name the hospital (dicomweb/tls.py).
+        **({"http": CertifyingProtocol} if http_context and http_context.verify_mode != ssl.CERT_NONE else {}),
     ))
     log.info("DICOMweb listening", extra={"port": config.http.port, "root": config.http.dicomweb_root,
                                           "scheme": "https" if http_context else "http"})

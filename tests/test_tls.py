@@ -11,9 +11,11 @@ import datetime
 import hashlib
 import json
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -382,3 +384,51 @@ def test_a_missing_certificate_stops_serve_and_check_config(tmp_path: Path, pki:
         assert result.returncode == 2, result.stderr
         assert f"{missing}: cannot read: No such file or directory" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+# -- HTTPS client certificates ----------------------------------------------------------------------
+
+@pytest.fixture
+def certified(pki: Pki, tmp_path: Path) -> Iterator[HttpsHuren]:
+    """HTTPS asking for optional client certificates, which name hospitals as on the DICOM door."""
+    config = huren_config(
+        tmp_path,
+        http={"tls": pki.tls(client_ca=str(pki.pem("ca")))},
+        hospitals=[
+            {"id": "hosp-a", "name": "Hospital A", "ae_titles": ["CT_A"], "certificates": ["CT_A-cert"]},
+            {"id": "hosp-b", "name": "Hospital B", "ae_titles": ["PACS_B"],
+             "certificates": [pki.fingerprint("client_b")]},
+        ],
+    )
+    huren = HttpsHuren(tmp_path, config)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SSL_CERT_FILE", str(pki.pem("ca")))
+        huren.start()
+    yield huren
+    huren.stop()
+
+
+def test_a_client_certificate_names_the_hospital_over_https(certified: HttpsHuren, pki: Pki) -> None:
+    def caller(certificate: str | None, token: str | None = None) -> httpx.Response:
+        context = trusting(pki)
+        if certificate:
+            context.load_cert_chain(pki.pem(certificate), pki.key(certificate))
+        with httpx.Client(verify=context, timeout=30) as c:
+            return c.get(certified.url + "/api/recognition", params={"patient_id": "P1", "issuer": "CN-RESIDENT-ID"},
+                         headers={"Authorization": f"Bearer {token}"} if token else {})
+
+    assert caller("client").status_code == 200  # CT_A-cert: hosp-a
+    assert caller("client_b").status_code == 200  # by fingerprint: hosp-b
+    assert caller(None).status_code == 401  # no certificate, no token
+    token_a = certified.token("hosp-a")
+    assert caller(None, token_a).status_code == 200
+    assert caller("client", token_a).status_code == 200
+    refused = caller("client_b", token_a)  # a token of hosp-a on hosp-b's certificate
+    assert refused.status_code == 401 and "client certificate" in refused.headers["WWW-Authenticate"]
+    assert caller("client_b", certified.token(None, admin=True)).status_code == 200
+    time.sleep(1.5)  # the audit trail is written in batches
+    with sqlite3.connect(certified.workdir / "index.db") as db:
+        rows = db.execute("SELECT hospital_id, actor, outcome FROM audit_events WHERE door = 'http' "
+                          "AND action = 'query'").fetchall()
+    assert ("hosp-a", "certificate:CT_A-cert", "success") in rows
+    assert ("hosp-b", "certificate:PACS_B-cert", "success") in rows
