@@ -43,6 +43,7 @@ from archive.storage import BlobNotFound, BlobStore, StoredBlob, StoreUnavailabl
 from archive.storage.filesystem import PART_SUFFIX, fsync_dir, link_or_copy, read_chunks
 
 log = logging.getLogger("huren.queue")
+REDRIVE_PARALLEL = 4  # uploads a process runs at once while draining the queue
 
 
 class QueueFull(Exception):
@@ -229,8 +230,8 @@ class Outbox:
     # The re-driver's side.
 
     def redrive(self, owner: str, limit: int = 100) -> int:
-        """Upload the queued objects this process can claim, oldest first; returns
-        how many reached the store. Stops at the first failure (the store is down)."""
+        """Upload the queued objects this process can claim, oldest first, ``REDRIVE_PARALLEL``
+        at a time; returns how many reached the store. Stops after a store failure."""
         now = datetime.now(UTC)
         with self.db.reading() as conn:
             due = conn.execute(
@@ -240,15 +241,25 @@ class Outbox:
                 ).order_by(queued_objects.c.queued_at).limit(limit)
             ).scalars().all()
         done = 0
-        for pk in due:
-            item = self._claim(pk, owner)
-            if item is None:
-                continue
-            if not self._upload(item, owner):
+        for start in range(0, len(due), REDRIVE_PARALLEL):
+            claimed = [item for pk in due[start:start + REDRIVE_PARALLEL]
+                       if (item := self._claim(pk, owner)) is not None]
+            started = time.monotonic()
+            uploads = [(item, self._puts.submit(self.store.put, item.blob_key, self.folder / item.file,
+                                                item.sha256)) for item in claimed]
+            outcomes = []
+            for item, future in uploads:
+                try:
+                    future.result(timeout=max(0.0, started + self.settings.after - time.monotonic()))
+                except Exception as exc:
+                    future.cancel()
+                    outcomes.append(self._failed(item, owner, exc))
+                else:
+                    self._uploaded(item, owner, started)
+                    done += 1
+            if "store" in outcomes:
                 break
-            done += 1
         return done
-
     def _claim(self, pk: int, owner: str) -> Any:
         now = datetime.now(UTC)
         until = now + timedelta(seconds=self.settings.claim_timeout)
@@ -263,28 +274,26 @@ class Outbox:
                 return None
             return conn.execute(select(queued_objects).where(queued_objects.c.pk == pk)).one()
 
-    def _upload(self, item: Any, owner: str) -> bool:
-        """Upload one claimed object; ``False`` if the store failed (the claim is released)."""
-        started = time.monotonic()
-        future = self._puts.submit(self.store.put, item.blob_key, self.folder / item.file, item.sha256)
-        try:
-            future.result(timeout=self.settings.after)
-        except Exception as exc:
-            future.cancel()
-            error = f"no answer within {self.settings.after:g} s" if isinstance(exc, TimeoutError) else _summary(exc)
-            with self.db.writing() as conn:
-                conn.execute(update(queued_objects).where(
-                    queued_objects.c.pk == item.pk, queued_objects.c.claimed_by == owner,
-                ).values(attempts=queued_objects.c.attempts + 1, last_error=error[:500],
-                         claimed_until=None, claimed_by=None))
-            if isinstance(exc, FileNotFoundError):  # not the store's fault: go on with the others
-                log.error("queue file missing; the object cannot be re-driven",
-                          extra={"key": item.blob_key, "file": item.file})
-                return True
-            self.mark_down()
-            log.warning("re-drive failed; the object stays queued",
-                        extra={"key": item.blob_key, "attempts": item.attempts + 1, "error": error})
-            return False
+    def _failed(self, item: Any, owner: str, exc: Exception) -> str:
+        """Release the claim of an object whose upload failed; says whose fault it was
+        (``"store"``, or ``"file"`` when the queue file is gone)."""
+        error = f"no answer within {self.settings.after:g} s" if isinstance(exc, TimeoutError) else _summary(exc)
+        with self.db.writing() as conn:
+            conn.execute(update(queued_objects).where(
+                queued_objects.c.pk == item.pk, queued_objects.c.claimed_by == owner,
+            ).values(attempts=queued_objects.c.attempts + 1, last_error=error[:500],
+                     claimed_until=None, claimed_by=None))
+        if isinstance(exc, FileNotFoundError):
+            log.error("queue file missing; the object cannot be re-driven",
+                      extra={"key": item.blob_key, "file": item.file})
+            return "file"
+        self.mark_down()
+        log.warning("re-drive failed; the object stays queued",
+                    extra={"key": item.blob_key, "attempts": item.attempts + 1, "error": error})
+        return "store"
+
+    def _uploaded(self, item: Any, owner: str, started: float) -> None:
+        """Forget an object the store has confirmed, then remove its queue file."""
         with self.db.writing() as conn:
             # Only the version uploaded: a newer one queued meanwhile waits for its own turn.
             gone = conn.execute(delete(queued_objects).where(
@@ -303,7 +312,6 @@ class Outbox:
             "queued_for": round((datetime.now(UTC) - _aware(item.queued_at)).total_seconds(), 1),
             "duration": round(time.monotonic() - started, 3),
         })
-        return True
 
     def sweep(self, older_than: float = 3600.0) -> int:
         """Remove queue files no row points at, older than `older_than` seconds: left by a

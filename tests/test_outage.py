@@ -278,3 +278,27 @@ def test_each_queued_object_is_uploaded_by_one_process(index_url: str, tmp_path:
     for outbox in (first, second):
         outbox.close()
     db.dispose()
+
+
+def test_wado_rs_checks_before_its_200_and_aborts_mid_stream(huren: Huren, tmp_path: Path) -> None:
+    first = instance(InstanceNumber=1)
+    second = instance(InstanceNumber=2, StudyInstanceUID=first.StudyInstanceUID,
+                      SeriesInstanceUID=first.SeriesInstanceUID)
+    paths = [write(ds, tmp_path / f"{n}.dcm") for n, ds in enumerate((first, second))]
+    assert huren.storescu(*paths).returncode == 0
+    archive = Path(huren.config["storage"]["path"])
+    study = f"{huren.dicomweb}/studies/{first.StudyInstanceUID}"
+    accept = {"Accept": f'multipart/related; type="{DICOM}"'}
+
+    # The second object is gone: the 200 has begun when it fails, so the transfer is broken off.
+    (archive / first.StudyInstanceUID / first.SeriesInstanceUID / f"{second.SOPInstanceUID}.dcm").unlink()
+    with httpx.stream("GET", study, headers=accept, timeout=30) as answer:
+        assert answer.status_code == 200
+        with pytest.raises(httpx.RemoteProtocolError):
+            answer.read()
+    # The first is gone too: found before the 200, a 500 naming the instance.
+    (archive / first.StudyInstanceUID / first.SeriesInstanceUID / f"{first.SOPInstanceUID}.dcm").unlink()
+    answer = httpx.get(study, headers=accept, timeout=30)
+    assert answer.status_code == 500 and first.SOPInstanceUID in answer.json()["error"]
+    log = huren.log.read_text()
+    assert log.count("index/store disagreement") >= 2 and second.SOPInstanceUID in log
