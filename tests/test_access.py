@@ -35,7 +35,8 @@ class Hospital:
         self.headers = {"Authorization": f"Bearer {server.token(hospital, admin=admin)}"}
 
     def get(self, path: str, **params: str) -> httpx.Response:
-        return httpx.get(self.server.url + path, params=params, headers=self.headers, timeout=30)
+        # No params: keep a query string written into the path (a WADO-URI link).
+        return httpx.get(self.server.url + path, params=params or None, headers=self.headers, timeout=30)
 
     def studies(self, **params: str) -> list[str]:
         answer = self.get("/dicom-web/studies", **params)
@@ -79,7 +80,8 @@ def test_search_sees_own_and_recognised_only(site) -> None:
 
 
 def resources(admin: Hospital, study_uid: str) -> list[str]:
-    """Every WADO-RS resource of the study's first image, and its compliance record, as paths."""
+    """Every WADO-RS resource of the study's first image (rendered and thumbnails too), its WADO-URI
+    link and its compliance record, as paths."""
     [image] = [i for i in admin.get(f"/dicom-web/studies/{study_uid}/instances").json()
                if i["00080016"]["Value"][0] != "1.2.840.10008.5.1.4.1.1.88.11"][:1]
     series_uid, sop_uid = image["0020000E"]["Value"][0], image["00080018"]["Value"][0]
@@ -88,7 +90,10 @@ def resources(admin: Hospital, study_uid: str) -> list[str]:
     instance_path = f"{series_path}/instances/{sop_uid}"
     return [study_path, study_path + "/metadata", series_path, series_path + "/metadata", instance_path,
             instance_path + "/metadata", instance_path + "/frames/1", instance_path + "/bulkdata/7FE00010",
-            f"/api/studies/{study_uid}/compliance"]
+            f"/api/studies/{study_uid}/compliance",
+            *[level + kind for level in (study_path, series_path, instance_path, instance_path + "/frames/1")
+              for kind in ("/rendered", "/thumbnail")],
+            f"/dicom-web/wado?requestType=WADO&studyUID={study_uid}&seriesUID={series_uid}&objectUID={sop_uid}"]
 
 
 def test_every_retrieve_resource_follows_the_policy(site) -> None:
