@@ -36,6 +36,7 @@ from archive.index.schema import (
     patients,
     queued_objects,
     series,
+    series_requests,
     shares,
     studies,
     study_identities,
@@ -109,9 +110,10 @@ class Deleter:
             for chunk in _chunks([row.pk for row in rows]):
                 conn.execute(delete(instances).where(instances.c.pk.in_(chunk)))
             study_pk, patient_pk = rows[0].study_pk, rows[0].patient_pk
-            conn.execute(delete(series).where(
-                series.c.pk.in_({row.series_pk for row in rows}),
-                ~exists().where(instances.c.series_pk == series.c.pk)))
+            emptied = select(series.c.pk).where(series.c.pk.in_({row.series_pk for row in rows}),
+                                                ~exists().where(instances.c.series_pk == series.c.pk))
+            conn.execute(delete(series_requests).where(series_requests.c.series_pk.in_(emptied)))
+            conn.execute(delete(series).where(series.c.pk.in_(emptied)))
             removed = conn.execute(select(series.c.pk).where(series.c.study_pk == study_pk).limit(1)).first() is None
             if removed:
                 _remove_study(conn, study_pk, patient_pk)

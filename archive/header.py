@@ -62,6 +62,8 @@ class InstanceHeader:
     facts: bytes          # JSON: what the sharing guideline may judge (archive.guideline.facts)
     frames: FrameIndex | None
     bulk: dict[str, tuple[int, int]]
+    # Its RequestAttributesSequence items: (RequestedProcedureID, ScheduledProcedureStepID, AccessionNumber).
+    requests: tuple[tuple[str, str, str], ...] = ()
 
 
 def read_header(path: Path) -> InstanceHeader:
@@ -171,6 +173,7 @@ def read_header(path: Path) -> InstanceHeader:
         facts=orjson.dumps(instance_facts(body)),
         frames=frames,
         bulk=bulk,
+        requests=request_attributes(body),
     )
 
 
@@ -235,6 +238,16 @@ def _uids(ds: Dataset) -> tuple[str, str, str, str]:
             raise UnreadableInstance(f"{keyword} is longer than 64 characters")
         found.append(value)
     return found[0], found[1], found[2], found[3]
+
+
+def request_attributes(body: dict[str, Any]) -> tuple[tuple[str, str, str], ...]:
+    """The (RequestedProcedureID, ScheduledProcedureStepID, AccessionNumber) of each
+    RequestAttributesSequence item of a DICOM JSON data set (PS3.3 C.7.3.1), for QIDO-RS
+    to match on; items without any of the three are left out."""
+    items = body.get("00400275", {}).get("Value") or []
+    found = {(first_text(item, "00401001"), first_text(item, "00400009"), first_text(item, "00080050"))
+             for item in items if isinstance(item, dict)}
+    return tuple(sorted(ids for ids in found if any(ids)))
 
 
 def _metadata(ds: Dataset, uids: tuple[str, str, str, str], pixel: tuple[int, str, int] | None,

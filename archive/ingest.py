@@ -34,7 +34,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from archive.config import OutageQueue
 from archive.header import InstanceHeader, UnreadableInstance, read_header
 from archive.index.database import Database
-from archive.index.schema import instances, patients, series, studies
+from archive.index.schema import instances, patients, series, series_requests, studies
 from archive.outbox import Outbox, Queued, QueueFull
 from archive.storage import BlobStore, StoreUnavailable, instance_key
 
@@ -306,6 +306,11 @@ class Ingest:
             if owner != study_pk:
                 raise _Misplaced(Failure.SERIES_OF_ANOTHER_STUDY)
             row = {**row, "series_pk": series_pk}
+            if header.requests:
+                conn.execute(self._upserts[series_requests], [
+                    {"series_pk": series_pk, "requested_procedure_id": procedure,
+                     "scheduled_procedure_step_id": step, "accession_number": accession}
+                    for procedure, step, accession in header.requests])
             if replace:
                 conn.execute(update(instances).where(instances.c.sop_uid == header.sop_uid).values(row))
             else:
@@ -345,6 +350,8 @@ def _upserts(is_sqlite: bool) -> dict[Table, Insert]:
     statements[series] = serie.on_conflict_do_update(
         index_elements=["series_uid"], set_={"series_uid": serie.excluded.series_uid},
     ).returning(series.c.pk, series.c.study_pk)
+    # A series' requested procedures (QIDO-RS sequence matching), each kept once.
+    statements[series_requests] = insert(series_requests).on_conflict_do_nothing()
     return statements
 
 

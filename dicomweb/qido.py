@@ -3,7 +3,10 @@
 Query parameters are matching keys (keyword or tag), ``includefield``,
 ``limit``, ``offset`` and ``fuzzymatching``. A key that names no DICOM
 attribute is a 400; a real attribute that cannot be matched on is ignored
-and named in a ``Warning`` header, as §8.3.4.3 allows. With
+and named in a ``Warning`` header, as §8.3.4.3 allows; of the keys inside a
+sequence, ``RequestAttributesSequence.RequestedProcedureID``,
+``.ScheduledProcedureStepID`` and ``.AccessionNumber`` are matched at the series
+and instance levels, where PS3.18 §10.6 lists them. With
 ``fuzzymatching=true`` PatientName also matches in Hanyu Pinyin
 (:func:`archive.names.pinyin`); another person name given with it is matched
 literally (case-insensitive), and a ``Warning`` header says so.
@@ -16,7 +19,16 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag
 from starlette.requests import Request
 from starlette.responses import Response
 
-from archive.index.query import Level, Query, QueryError, parse_attribute, search, unsupported
+from archive.index.query import (
+    Level,
+    Query,
+    QueryError,
+    is_sequence_supported,
+    parse_attribute,
+    parse_path,
+    search,
+    unsupported,
+)
 from dicomweb.errors import DicomWebError
 from dicomweb.resources import audit, visible_to
 from dicomweb.urls import root_url
@@ -61,7 +73,13 @@ def parse_query(request: Request, level: Level) -> tuple[Query, list[str]]:
         if name in CONTROL:
             continue
         if "." in name:
-            ignored.append(name)  # sequence matching is not supported yet
+            path = _path(name)
+            if not is_sequence_supported(level, path):
+                ignored.append(name)
+            elif path in query.sequence_matches:
+                raise DicomWebError(400, "given more than once", name)
+            else:
+                query.sequence_matches[path] = value
             continue
         tag = _attribute(name)
         if unsupported(level, [tag]):
@@ -122,6 +140,13 @@ def series(request: Request) -> Response:
 
 def instances(request: Request) -> Response:
     return respond(request, Level.INSTANCE)
+
+
+def _path(name: str) -> tuple[int, ...]:
+    try:
+        return parse_path(name)
+    except QueryError as exc:
+        raise DicomWebError(400, str(exc), exc.parameter) from None
 
 
 def _is_name(tag: int) -> bool:

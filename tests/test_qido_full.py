@@ -12,6 +12,7 @@ import pytest
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from dicomweb_client.api import DICOMwebClient
+from pydicom.dataset import Dataset
 from pydicom.uid import MRImageStorage, SecondaryCaptureImageStorage, generate_uid
 from sqlalchemy import select
 
@@ -48,6 +49,16 @@ def find(archive: Archive, level: Level = Level.STUDY, fuzzy: bool = False, incl
 
 def study_uids(results: list[dict[str, Any]]) -> set[str]:
     return {r["0020000D"]["Value"][0] for r in results}
+
+
+def migrate_again(archive: Archive, revision: str) -> None:
+    """Take the index back to `revision` (keeping the rows it has), then migrate it to the newest."""
+    settings = AlembicConfig()
+    settings.set_main_option("script_location", str(MIGRATIONS))
+    with archive.db.engine.begin() as connection:
+        settings.attributes["connection"] = connection
+        command.downgrade(settings, revision)
+    archive.db.migrate()
 
 
 def test_pinyin_of_names() -> None:
@@ -92,12 +103,7 @@ def test_fuzzy_group_by_group(archive: Archive) -> None:
 def test_migration_fills_pinyin_of_stored_patients(archive: Archive) -> None:
     ds = instance(SpecificCharacterSet="GB18030", PatientName="=欧阳^娜娜")
     archive.add(ds)
-    settings = AlembicConfig()
-    settings.set_main_option("script_location", str(MIGRATIONS))
-    with archive.db.engine.begin() as connection:
-        settings.attributes["connection"] = connection
-        command.downgrade(settings, "0004")
-    archive.db.migrate()
+    migrate_again(archive, "0004")
     with archive.db.reading() as conn:
         assert conn.execute(select(patients.c.name_pinyin)).scalar_one() == "OUYANG^NANA"
     assert study_uids(find(archive, fuzzy=True, PatientName="ouyang*")) == {ds.StudyInstanceUID}
@@ -230,3 +236,65 @@ def test_stored_names_keep_their_pinyin(archive: Archive) -> None:
     archive.add(instance(SpecificCharacterSet="ISO_IR 192", PatientName="曾小贤"))
     with archive.db.reading() as conn:
         assert conn.execute(select(patients.c.name_pinyin)).scalar_one() == "ZENG^XIAOXIAN"
+
+
+def requested(procedure: str, step: str, accession: str = "") -> Dataset:
+    item = Dataset()
+    item.RequestedProcedureID = procedure
+    item.ScheduledProcedureStepID = step
+    if accession:
+        item.AccessionNumber = accession
+    return item
+
+
+def test_request_attributes_sequence_keys(archive: Archive) -> None:
+    study = generate_uid()
+    chest, head, plain = generate_uid(), generate_uid(), generate_uid()
+    archive.add(instance(StudyInstanceUID=study, SeriesInstanceUID=chest,
+                         RequestAttributesSequence=[requested("RP-CHEST", "SPS-1", "ACC-9"),
+                                                    requested("RP-X", "SPS-2")]))
+    archive.add(instance(StudyInstanceUID=study, SeriesInstanceUID=chest, InstanceNumber=2,
+                         RequestAttributesSequence=[requested("RP-CHEST", "SPS-1", "ACC-9")]))
+    archive.add(instance(StudyInstanceUID=study, SeriesInstanceUID=head, RequestAttributesSequence=[
+        requested("RP-HEAD", "SPS-3")]))
+    archive.add(instance(StudyInstanceUID=study, SeriesInstanceUID=plain))
+    procedure = (parse_attribute("RequestAttributesSequence"), parse_attribute("RequestedProcedureID"))
+    step = (procedure[0], parse_attribute("ScheduledProcedureStepID"))
+    accession = (procedure[0], parse_attribute("AccessionNumber"))
+
+    def series_uids(level: Level = Level.SERIES, **keys: str) -> set[str]:
+        paths = {"procedure": procedure, "step": step, "accession": accession}
+        query = Query(level=level, matches={}, include=set(),
+                      sequence_matches={paths[name]: value for name, value in keys.items()})
+        with archive.db.reading() as conn:
+            return {r["0020000E"]["Value"][0] for r in search(conn, query, ROOT_URL)}
+
+    assert series_uids(procedure="RP-CHEST") == {chest}
+    assert series_uids(procedure="RP-X") == {chest}             # any item matches
+    assert series_uids(procedure="RP-*") == {chest, head}
+    assert series_uids(step="SPS-3") == {head}
+    assert series_uids(procedure="RP-CHEST", step="SPS-3") == set()
+    assert series_uids(accession="ACC-9") == {chest}
+    assert series_uids(Level.INSTANCE, procedure="RP-HEAD") == {head}
+    assert series_uids(procedure="*") == {chest, head, plain}  # universal matching
+    # Series archived before the table existed get their rows from the migration.
+    migrate_again(archive, "0006")
+    assert series_uids(procedure="RP-*") == {chest, head}
+    assert series_uids(step="SPS-2") == {chest}
+
+
+def test_sequence_keys_over_http(huren: Huren) -> None:
+    client = DICOMwebClient(huren.dicomweb)
+    ds = instance(RequestAttributesSequence=[requested("RP-7", "SPS-7")])
+    client.store_instances([ds, instance()])
+    found = client.search_for_series(search_filters={"RequestAttributesSequence.RequestedProcedureID": "RP-7"})
+    assert [s["0020000E"]["Value"][0] for s in found] == [ds.SeriesInstanceUID]
+    assert found[0]["00400275"]["Value"][0]["00401001"]["Value"] == ["RP-7"]
+    answer = httpx.get(huren.dicomweb + "/series", params={"00400275.00400009": "SPS-7"})
+    assert [s["0020000E"]["Value"][0] for s in answer.json()] == [ds.SeriesInstanceUID]
+    assert "warning" not in answer.headers
+    # At the study level they are not keys (PS3.18 §10.6 lists them for series): ignored, with a warning.
+    answer = httpx.get(huren.dicomweb + "/studies", params={"RequestAttributesSequence.RequestedProcedureID": "x"})
+    assert len(answer.json()) == 2 and "RequestAttributesSequence.RequestedProcedureID" in answer.headers["warning"]
+    answer = httpx.get(huren.dicomweb + "/series", params={"RequestAttributesSequence.NoSuchThing": "x"})
+    assert answer.status_code == 400 and answer.json()["parameter"] == "NoSuchThing"

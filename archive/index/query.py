@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -25,7 +25,7 @@ from sqlalchemy import ColumnElement, Connection, and_, exists, func, or_, selec
 from archive import names
 from archive.dicomjson import ROOT_MARK
 from archive.guideline.verdict import summary_verdict
-from archive.index.schema import instances, item_results, judgements, patients, series, studies
+from archive.index.schema import instances, item_results, judgements, patients, series, series_requests, studies
 
 
 class Level(enum.Enum):
@@ -95,6 +95,15 @@ KEYS: dict[int, Key] = {
     _t("NumberOfFrames"): Key(Level.INSTANCE, "int", instances.c.number_of_frames),
 }
 
+# Keys inside a sequence (PS3.18 §8.3.4 attribute paths: ``RequestAttributesSequence.RequestedProcedureID``),
+# series-level keys of PS3.18 §10.6: matched on the series' requested procedures.
+SEQUENCE_KEYS: dict[tuple[int, int], Any] = {
+    (_t("RequestAttributesSequence"), _t("RequestedProcedureID")): series_requests.c.requested_procedure_id,
+    (_t("RequestAttributesSequence"), _t("ScheduledProcedureStepID")):
+        series_requests.c.scheduled_procedure_step_id,
+    (_t("RequestAttributesSequence"), _t("AccessionNumber")): series_requests.c.accession_number,
+}
+
 _RANK = {Level.STUDY: 0, Level.SERIES: 1, Level.INSTANCE: 2}
 
 
@@ -137,6 +146,8 @@ class Query:
     study_uid: str | None = None
     series_uid: str | None = None
     fuzzy: bool = False
+    # Keys inside a sequence, by (sequence tag, item attribute tag): see SEQUENCE_KEYS.
+    sequence_matches: dict[tuple[int, int], str] = field(default_factory=dict)
 
 
 # What ``includefield=all`` adds at each level: the attributes of the modules of that
@@ -180,6 +191,17 @@ def parse_attribute(name: str) -> int:
     return tag
 
 
+def parse_path(name: str) -> tuple[int, ...]:
+    """Return the tags of a dotted attribute path (``RequestAttributesSequence.RequestedProcedureID``
+    or ``00400275.00401001``). Raises :class:`QueryError` if a part names no DICOM attribute."""
+    return tuple(parse_attribute(part) for part in name.split("."))
+
+
+def is_sequence_supported(level: Level, path: tuple[int, ...]) -> bool:
+    """Whether a key inside a sequence can be matched on in a query at `level`."""
+    return len(path) == 2 and path in SEQUENCE_KEYS and level is not Level.STUDY
+
+
 def is_supported(level: Level, tag: int) -> bool:
     """Whether `tag` can be matched on in a query at `level`."""
     key = KEYS.get(tag)
@@ -218,6 +240,10 @@ def search(conn: Connection, query: Query, retrieve_base: str,
         condition = _condition(tag, value, query.fuzzy)
         if condition is not None:
             conditions.append(condition)
+    for path, value in query.sequence_matches.items():
+        if value not in ("", "*") and is_sequence_supported(level, path):
+            conditions.append(exists().where(series_requests.c.series_pk == series.c.pk,
+                                             _text_match(SEQUENCE_KEYS[path], value)))
     statement = (
         select(target.c.pk, studies.c.study_uid,
                *([series.c.series_uid] if level is not Level.STUDY else []),

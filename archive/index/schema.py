@@ -113,6 +113,19 @@ instances = Table(
     Column("received_at", DateTime(timezone=True), nullable=False),
 )
 
+# What a series was requested as: one row per distinct RequestAttributesSequence item of its
+# instances, so QIDO-RS matches ``RequestAttributesSequence.RequestedProcedureID`` in SQL.
+series_requests = Table(
+    "series_requests", metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("series_pk", ForeignKey("series.pk"), nullable=False, index=True),
+    Column("requested_procedure_id", String(64), nullable=False),
+    Column("scheduled_procedure_step_id", String(64), nullable=False),
+    Column("accession_number", String(64), nullable=False),
+    UniqueConstraint("series_pk", "requested_procedure_id", "scheduled_procedure_step_id", "accession_number",
+                     name="uq_series_requests"),
+)
+
 # A compliance record: one rule set's judgement of a study. Re-judging adds a
 # row and clears ``current`` on the one before, so the history is kept.
 judgements = Table(
@@ -166,6 +179,8 @@ Index("ix_patients_name_ideographic", patients.c.name_ideographic,
 # With all four indexed, a name matched on any group (an OR) is an index search on both engines.
 Index("ix_patients_name_phonetic", patients.c.name_phonetic, postgresql_ops={"name_phonetic": "text_pattern_ops"})
 Index("ix_patients_name_pinyin", patients.c.name_pinyin, postgresql_ops={"name_pinyin": "text_pattern_ops"})
+Index("ix_series_requests_procedure", series_requests.c.requested_procedure_id)
+Index("ix_series_requests_step", series_requests.c.scheduled_procedure_step_id)
 Index("ix_studies_study_date", studies.c.study_date)
 Index("ix_studies_accession_number", studies.c.accession_number)
 Index("ix_series_modality", series.c.modality)
