@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -242,76 +242,87 @@ class Outbox:
             ).scalars().all()
         done = 0
         for start in range(0, len(due), REDRIVE_PARALLEL):
-            claimed = [item for pk in due[start:start + REDRIVE_PARALLEL]
-                       if (item := self._claim(pk, owner)) is not None]
+            claimed = self._claim(due[start:start + REDRIVE_PARALLEL], owner)
             started = time.monotonic()
             uploads = [(item, self._puts.submit(self.store.put, item.blob_key, self.folder / item.file,
                                                 item.sha256)) for item in claimed]
-            outcomes = []
+            finished, failures = [], []
             for item, future in uploads:
                 try:
                     future.result(timeout=max(0.0, started + self.settings.after - time.monotonic()))
                 except Exception as exc:
                     future.cancel()
-                    outcomes.append(self._failed(item, owner, exc))
+                    failures.append((item, exc))
                 else:
-                    self._uploaded(item, owner, started)
-                    done += 1
-            if "store" in outcomes:
+                    finished.append(item)
+            self._uploaded(finished, owner, started)
+            done += len(finished)
+            if self._failed(failures, owner):
                 break
         return done
-    def _claim(self, pk: int, owner: str) -> Any:
-        now = datetime.now(UTC)
-        until = now + timedelta(seconds=self.settings.claim_timeout)
-        with self.db.writing() as conn:
-            claimed = conn.execute(
-                update(queued_objects).where(
-                    queued_objects.c.pk == pk,
-                    or_(queued_objects.c.claimed_until.is_(None), queued_objects.c.claimed_until < now),
-                ).values(claimed_until=until, claimed_by=owner)
-            ).rowcount
-            if claimed != 1:
-                return None
-            return conn.execute(select(queued_objects).where(queued_objects.c.pk == pk)).one()
 
-    def _failed(self, item: Any, owner: str, exc: Exception) -> str:
-        """Release the claim of an object whose upload failed; says whose fault it was
-        (``"store"``, or ``"file"`` when the queue file is gone)."""
-        error = f"no answer within {self.settings.after:g} s" if isinstance(exc, TimeoutError) else _summary(exc)
+    def _claim(self, pks: Sequence[int], owner: str) -> list[Any]:
+        """Claim those of the queued objects `pks` nobody else holds, in one transaction."""
+        now = datetime.now(UTC)
         with self.db.writing() as conn:
             conn.execute(update(queued_objects).where(
-                queued_objects.c.pk == item.pk, queued_objects.c.claimed_by == owner,
-            ).values(attempts=queued_objects.c.attempts + 1, last_error=error[:500],
-                     claimed_until=None, claimed_by=None))
-        if isinstance(exc, FileNotFoundError):
-            log.error("queue file missing; the object cannot be re-driven",
-                      extra={"key": item.blob_key, "file": item.file})
-            return "file"
-        self.mark_down()
-        log.warning("re-drive failed; the object stays queued",
-                    extra={"key": item.blob_key, "attempts": item.attempts + 1, "error": error})
-        return "store"
+                queued_objects.c.pk.in_(pks),
+                or_(queued_objects.c.claimed_until.is_(None), queued_objects.c.claimed_until < now),
+            ).values(claimed_until=now + timedelta(seconds=self.settings.claim_timeout), claimed_by=owner))
+            return list(conn.execute(select(queued_objects).where(
+                queued_objects.c.pk.in_(pks), queued_objects.c.claimed_by == owner,
+            ).order_by(queued_objects.c.queued_at)).all())
 
-    def _uploaded(self, item: Any, owner: str, started: float) -> None:
-        """Forget an object the store has confirmed, then remove its queue file."""
+    def _failed(self, failures: list[tuple[Any, Exception]], owner: str) -> bool:
+        """Release the claims of objects whose upload failed; whether the store was at fault
+        (not only queue files gone missing)."""
+        if not failures:
+            return False
+        store_failed = False
         with self.db.writing() as conn:
-            # Only the version uploaded: a newer one queued meanwhile waits for its own turn.
-            gone = conn.execute(delete(queued_objects).where(
-                queued_objects.c.pk == item.pk, queued_objects.c.claimed_by == owner,
-                queued_objects.c.file == item.file,
-            )).rowcount
-            if gone != 1:
+            for item, exc in failures:
+                error = (f"no answer within {self.settings.after:g} s" if isinstance(exc, TimeoutError)
+                         else _summary(exc))
                 conn.execute(update(queued_objects).where(
                     queued_objects.c.pk == item.pk, queued_objects.c.claimed_by == owner,
-                ).values(claimed_until=None, claimed_by=None))
-        if gone == 1:
-            self.discard(item.file)
+                ).values(attempts=queued_objects.c.attempts + 1, last_error=error[:500],
+                         claimed_until=None, claimed_by=None))
+                if isinstance(exc, FileNotFoundError):
+                    log.error("queue file missing; the object cannot be re-driven",
+                              extra={"key": item.blob_key, "file": item.file})
+                    continue
+                store_failed = True
+                log.warning("re-drive failed; the object stays queued",
+                            extra={"key": item.blob_key, "attempts": item.attempts + 1, "error": error})
+        if store_failed:
+            self.mark_down()
+        return store_failed
+
+    def _uploaded(self, items: list[Any], owner: str, started: float) -> None:
+        """Forget objects the store has confirmed, in one transaction, then remove their queue files."""
+        if not items:
+            return
+        gone = []
+        with self.db.writing() as conn:
+            for item in items:
+                # Only the version uploaded: a newer one queued meanwhile waits for its own turn.
+                if conn.execute(delete(queued_objects).where(
+                    queued_objects.c.pk == item.pk, queued_objects.c.claimed_by == owner,
+                    queued_objects.c.file == item.file,
+                )).rowcount == 1:
+                    gone.append(item)
+                else:
+                    conn.execute(update(queued_objects).where(
+                        queued_objects.c.pk == item.pk, queued_objects.c.claimed_by == owner,
+                    ).values(claimed_until=None, claimed_by=None))
         self._down_until = 0.0
-        log.info("object re-driven to the store", extra={
-            "key": item.blob_key, "study": item.blob_key.split("/", 1)[0], "size": item.size,
-            "queued_for": round((datetime.now(UTC) - _aware(item.queued_at)).total_seconds(), 1),
-            "duration": round(time.monotonic() - started, 3),
-        })
+        for item in gone:
+            self.discard(item.file)
+            log.info("object re-driven to the store", extra={
+                "key": item.blob_key, "study": item.blob_key.split("/", 1)[0], "size": item.size,
+                "queued_for": round((datetime.now(UTC) - _aware(item.queued_at)).total_seconds(), 1),
+                "duration": round(time.monotonic() - started, 3),
+            })
 
     def sweep(self, older_than: float = 3600.0) -> int:
         """Remove queue files no row points at, older than `older_than` seconds: left by a
