@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
 
 from archive.render import parse, render
+from dicomweb.rendered import Thumbnails
 from tests import viewing
 from tests.conftest import Huren
 from tests.viewing import parts, path_of
@@ -188,3 +189,27 @@ def _palette(ds: Dataset) -> np.ndarray:
 
     rgb = apply_color_lut(ds.pixel_array, ds)
     return rgb if rgb.dtype == np.uint8 else (rgb >> 8).astype(np.uint8)
+
+
+def test_several_frames_are_multipart_or_one_gif(viewer: Viewer) -> None:
+    server, datasets = viewer
+    ds = datasets["rgb_rle_2f"]
+    url = server.dicomweb + path_of(ds) + "/frames/2,1/rendered"
+    answer = httpx.get(url, headers={"Accept": "image/png"})
+    got = parts(answer.headers["content-type"], answer.content)
+    assert [kind for kind, _ in got] == ["image/png", "image/png"]
+    assert np.array_equal(picture(got[0][1]), ds.pixel_array[1])
+    assert np.array_equal(picture(got[1][1]), ds.pixel_array[0])
+    gif = httpx.get(url, headers={"Accept": "image/gif"})
+    assert gif.headers["content-type"] == "image/gif" and Image.open(BytesIO(gif.content)).n_frames == 2
+
+
+def test_thumbnail_cache_is_bounded_and_least_recently_used_goes_first() -> None:
+    cache = Thumbnails(budget=10)
+    cache.put("a", b"1234")
+    cache.put("b", b"1234")
+    assert cache.get("a") == b"1234"  # a is now the most recently used
+    cache.put("c", b"1234")           # over budget: b, the least recently used, goes
+    assert cache.get("b") is None and cache.get("a") == b"1234" and cache.get("c") == b"1234"
+    cache.put("huge", b"x" * 11)      # larger than the whole budget: never kept
+    assert cache.get("huge") is None and cache.get("a") == b"1234"
