@@ -7,7 +7,8 @@ them. Their BulkDataURIs name other parts of the request by the part's
 compressed pixel data as the image's own media type (``image/jpeg``,
 ``image/jls``, ``image/jp2``, ``image/dicom-rle``), whose ``transfer-syntax``
 parameter, or else the type's default (PS3.18 Table 8.7.3-5), becomes the
-instance's transfer syntax. Each data set is written as a Part-10 file in the
+instance's transfer syntax (one frame per part: compressed multi-frame pixel data
+is refused, 0xC122, to be sent as ``application/dicom``). Each data set is written as a Part-10 file in the
 receive folder and then archived by the one ingest path, exactly like a
 ``application/dicom`` part; one that cannot be built is refused on its own
 (FailureReason 0xC000 "cannot understand", 0xA900 without its UIDs, 0xC122
@@ -85,6 +86,9 @@ def _build(document: Any, bulk: dict[str, Part], folder: Path) -> Built:
         if not isinstance(document, dict):
             raise Unusable(Failure.CANNOT_UNDERSTAND, "a metadata item is not a DICOM JSON object")
         syntax = _syntax(document, bulk)
+        if syntax.is_compressed and _frames(document) > 1:
+            raise Unusable(Failure.TRANSFER_SYNTAX_NOT_SUPPORTED, "compressed multi-frame pixel data in one "
+                           "bulk data part cannot be split into its frames; send it as application/dicom")
         try:
             ds = Dataset.from_json(document, bulk_data_uri_handler=lambda tag, vr, uri: _value(bulk, tag, uri, syntax))
         except Unusable:
@@ -111,6 +115,13 @@ def _build(document: Any, bulk: dict[str, Part], folder: Path) -> Built:
         return Path(name), warning
     except Unusable as exc:
         return IngestError(exc.failure, str(exc), sop_class_uid=uids[0], sop_uid=uids[1])
+
+
+def _frames(document: dict[str, Any]) -> int:
+    try:
+        return int(document["00280008"]["Value"][0])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return 1
 
 
 def _uids(document: Any) -> tuple[str, str]:

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     if args.instance and not args.series:
         print("huren: --instance needs --series (the instance's Series Instance UID)", file=sys.stderr)
         return 2
-    db = Database(config.index.url, config.index.pool_size)
+    db = Database.open(config.index)
     try:
         db.migrate()
         what = " ".join(filter(None, [f"study {args.study}", args.series and f"series {args.series}",

@@ -18,6 +18,7 @@ from requests.exceptions import HTTPError
 from sqlalchemy import func, select
 
 from archive import inventory, shares
+from archive.config import load_config
 from archive.delete import Deleter, NothingToDelete
 from archive.index.query import Level
 from archive.index.schema import (
@@ -30,6 +31,7 @@ from archive.index.schema import (
     series,
     studies,
 )
+from archive.storage import open_store
 from archive.sweep import orphans
 from tests.conftest import ROOT, Archive, Huren, huren_config
 from tests.factory import instance
@@ -208,8 +210,13 @@ def _server(tmp_path: Path, **sections) -> Huren:
     return Huren(tmp_path, huren_config(tmp_path, **sections)).start()
 
 
-def test_dicomweb_client_deletes(tmp_path: Path) -> None:
-    server = _server(tmp_path, delete={"enabled": True})
+@pytest.mark.parametrize("backend", ["filesystem+sqlite", "s3+postgresql"])
+def test_dicomweb_client_deletes(request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> None:
+    more = {}
+    if backend == "s3+postgresql":
+        more = {"storage": request.getfixturevalue("s3_storage"), "index_url": request.getfixturevalue("postgres_url")}
+    server = _server(tmp_path, delete={"enabled": True}, **more)
+    store = open_store(load_config(server.workdir / "huren.yaml"))
     try:
         client = DICOMwebClient(server.dicomweb)
         study_uid, series_uids = generate_uid(), [generate_uid(), generate_uid()]
@@ -222,7 +229,7 @@ def test_dicomweb_client_deletes(tmp_path: Path) -> None:
         assert [s["0020000E"]["Value"][0] for s in client.search_for_series(study_uid)] == [series_uids[1]]
         client.delete_study(study_uid)
         assert client.search_for_studies() == []
-        assert not list((tmp_path / "archive").rglob("*.dcm"))
+        assert list(store.keys()) == []
         with pytest.raises(HTTPError) as raised:
             client.delete_study(study_uid)
         assert raised.value.response.status_code == 404

@@ -157,6 +157,14 @@ def test_bad_metadata(huren: Huren) -> None:
     answer = post(huren, multipart([({"Content-Type": "application/dicom+json"}, orjson.dumps([document])),
                                     ({"Content-Type": "image/gif", "Content-Location": uri}, bulk[uri])]))
     assert answer.status_code == 409 and list(failures(answer).values()) == [0xC122]
+    # Compressed multi-frame pixel data in one part cannot be split into frames: refused, not guessed at.
+    two = dcmread(PYDICOM_FILES / "SC_rgb_rle_2frame.dcm")
+    document, bulk = metadata(two)
+    uri = document["7FE00010"]["BulkDataURI"]
+    answer = post(huren, multipart([({"Content-Type": "application/dicom+json"}, orjson.dumps([document])),
+                                    ({"Content-Type": "image/dicom-rle", "Content-Location": uri}, bulk[uri])]))
+    assert answer.status_code == 409 and failures(answer) == {two.SOPInstanceUID: 0xC122}
+    assert "multi-frame" in answer.headers["warning"]
 
 
 def test_unicode_without_a_character_set_is_a_warning(huren: Huren) -> None:
