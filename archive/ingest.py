@@ -19,6 +19,8 @@ import enum
 import hashlib
 import logging
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -121,6 +123,8 @@ class Ingest:
         self.on_conflict = on_conflict
         self.outbox = Outbox(db, store, queue or OutageQueue(max_bytes=0))
         self._upserts = _upserts(db.is_sqlite)
+        # Told of every ingest's source, result, file size and seconds taken (metrics).
+        self.observers: list[Callable[[Source, Stored | IngestError, int, float], None]] = []
 
     def ingest(self, path: Path, source: Source, *, expected_study: str | None = None,
                check_meta: bool = False) -> Stored:
@@ -136,17 +140,27 @@ class Ingest:
         IngestError
             With the failure to report; the file is removed.
         """
+        started, size = time.perf_counter(), _size(path)
+        result: Stored | IngestError | None = None
         try:
-            return self._ingest(path, source, expected_study, check_meta)
+            result = self._ingest(path, source, expected_study, check_meta)
+            return result
         except DBAPIError as exc:
             # Before anything was stored (after, _ingest reports it itself): the sender retries.
             log.error("index unavailable", extra={"path": str(path), "error": first_line(exc)})
-            raise IngestError(Failure.OUT_OF_RESOURCES, f"index unavailable: {first_line(exc)}") from None
+            result = IngestError(Failure.OUT_OF_RESOURCES, f"index unavailable: {first_line(exc)}")
+            raise result from None
+        except IngestError as exc:
+            result = exc
+            raise
         finally:
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+            if result is not None:
+                for observe in self.observers:
+                    observe(source, result, size, time.perf_counter() - started)
 
     def _ingest(self, path: Path, source: Source, expected_study: str | None,
                 check_meta: bool) -> Stored:
@@ -353,6 +367,13 @@ def _upserts(is_sqlite: bool) -> dict[Table, Insert]:
     # A series' requested procedures (QIDO-RS sequence matching), each kept once.
     statements[series_requests] = insert(series_requests).on_conflict_do_nothing()
     return statements
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0  # refused as unreadable; its size does not matter
 
 
 def file_sha256(path: Path) -> str:

@@ -10,6 +10,9 @@ for as long as it lives. The kernel drops the lock when the process ends,
 however it ends (``kill -9`` too), so a folder whose lock can be taken
 belongs to nobody and everything in it may go: it was never acknowledged,
 and the sender sends it again.
+
+``huren serve`` keeps its metrics (:mod:`dicomweb.metrics`) in a folder held
+the same way, ``metrics-…``, so a killed server's goes too.
 """
 
 from __future__ import annotations
@@ -26,17 +29,20 @@ from pathlib import Path
 log = logging.getLogger("huren.sweep")
 
 PREFIX = "receiving-"
+KINDS = (PREFIX, "metrics-")  # the held folders a sweep may remove
 # What earlier versions wrote at the top of the folder itself: pynetdicom's
 # received data sets and STOW-RS parts, named by :mod:`tempfile`.
 _LOOSE_SUFFIXES = (".dcm", ".part", ".p10")
 
 
 class ReceiveFolder:
-    """This process's receive folder under `root`, locked until :meth:`close`."""
+    """This process's receive folder under `root` (or, with `kind` "metrics", its
+    metrics folder), locked until :meth:`close`."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, kind: str = "receiving") -> None:
+        assert f"{kind}-" in KINDS
         root.mkdir(parents=True, exist_ok=True)
-        self.path = root / f"{PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.path = root / f"{kind}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.path.mkdir()
         self._fd: int | None = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -69,7 +75,7 @@ def sweep_receive(root: Path) -> Swept:
     if not root.is_dir():
         return swept
     for entry in root.iterdir():
-        if entry.name.startswith(PREFIX) and entry.is_dir() and not entry.is_symlink():
+        if entry.name.startswith(KINDS) and entry.is_dir() and not entry.is_symlink():
             _remove_if_unheld(entry, swept)
         elif entry.name.startswith("tmp") and entry.name.endswith(_LOOSE_SUFFIXES) and entry.is_file():
             _count(entry, swept)

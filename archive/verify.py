@@ -36,7 +36,7 @@ from sqlalchemy import delete, func, select, update
 
 from archive import inventory
 from archive.index.database import Database
-from archive.index.schema import instances, queued_objects, series, studies
+from archive.index.schema import deletions, instances, queued_objects, series, studies
 from archive.storage import BlobStore
 from archive.sweep import PAGE, Sweeper, SweepReport
 
@@ -101,9 +101,14 @@ def verify(db: Database, store: BlobStore, *, queue: Path | None = None, checksu
 
     def check(blobs: list[inventory.Blob]) -> int:
         rows = _rows(db, [blob.key for blob in blobs])
+        with db.reading() as conn:  # journalled for deletion (archive.delete): not orphans
+            deleting = set(conn.execute(select(deletions.c.blob_key)
+                                        .where(deletions.c.blob_key.in_([blob.key for blob in blobs]))).scalars())
         found = 0
         for blob in blobs:
             row = rows.get(blob.key)
+            if row is None and blob.key in deleting:
+                continue
             if row is None:
                 (report.orphans if blob.modified < cutoff else report.recent).append(blob.key)
                 continue

@@ -20,7 +20,21 @@ from archive.guideline.compliance import Compliance
 from archive.index.database import Database
 from archive.ingest import Ingest
 from archive.storage import BlobStore, StoreUnavailable
-from dicomweb import auth, bulkdata, cors, delete, qido, quality, recognition, rendered, shares, stow, wado, wadouri
+from dicomweb import (
+    auth,
+    bulkdata,
+    cors,
+    delete,
+    metrics,
+    qido,
+    quality,
+    recognition,
+    rendered,
+    shares,
+    stow,
+    wado,
+    wadouri,
+)
 from dicomweb.errors import error_response, store_unavailable
 
 
@@ -67,6 +81,7 @@ def build_app(config: Config, db: Database, store: BlobStore, ingest: Ingest, sp
     routes = [
         Route("/health", ready, methods=["GET"]),
         Route("/livez", live, methods=["GET"]),
+        Route("/metrics", metrics.metrics, methods=["GET"]),
         Route("/readyz", ready, methods=["GET"]),
         Route("/quality", quality.page, methods=["GET"]),
         Mount("/api", routes=api),

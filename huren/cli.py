@@ -6,6 +6,7 @@ import argparse
 import errno
 import ipaddress
 import logging
+import os
 import signal
 import socket
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from archive.config import Config, ConfigError, config_with_rule_sets, load_config
-from archive.receiving import sweep_receive
+from archive.receiving import ReceiveFolder, sweep_receive
 from archive.tls import server_context
 from huren import audit, connections, delete, tokens, verify
 
@@ -144,14 +145,20 @@ def run(config: Config, log_level: str = "INFO") -> int:
     tls_door = None
     if config.dicom.tls is not None:
         tls_door = (workers.listen(config.dicom.host, config.dicom.tls.port, "DICOM over TLS"), dicom_context)
-    if config.workers == 1:
-        _serve(config, spool, db, dimse_socket, http_socket, tls_door, http_context)
-        return 0
-    db.dispose()  # each worker opens its own connections
-    return workers.supervise(config.workers, lambda _slot: _serve(
-        config, spool, Database.open(config.index), dimse_socket, http_socket,
-        tls_door, http_context,
-    ))
+    # One folder for every process's metrics (dicomweb.metrics), named before any metric exists.
+    metrics_folder = ReceiveFolder(spool, kind="metrics")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_folder.path)
+    try:
+        if config.workers == 1:
+            _serve(config, spool, db, dimse_socket, http_socket, tls_door, http_context)
+            return 0
+        db.dispose()  # each worker opens its own connections
+        return workers.supervise(config.workers, lambda _slot: _serve(
+            config, spool, Database.open(config.index), dimse_socket, http_socket,
+            tls_door, http_context,
+        ))
+    finally:
+        metrics_folder.close()
 
 
 def _serve(config: Config, spool: Path, db: Database, dimse_socket: socket.socket,
@@ -169,9 +176,9 @@ def _serve(config: Config, spool: Path, db: Database, dimse_socket: socket.socke
     from archive.guideline.compliance import Compliance
     from archive.ingest import Ingest
     from archive.outbox import QueueingStore
-    from archive.receiving import ReceiveFolder
     from archive.storage import open_store
     from archive.sweep import Sweeper
+    from dicomweb import metrics
     from dicomweb.app import build_app
     from dicomweb.tls import CertifyingProtocol
     from gateway import scp
@@ -180,6 +187,7 @@ def _serve(config: Config, spool: Path, db: Database, dimse_socket: socket.socke
     from huren.sweeping import SweepLoop
 
     ingest = Ingest(db, open_store(config), config.ingest.on_conflict, config.storage.queue)
+    ingest.observers.append(metrics.observe)
     # Reads find objects in the outage queue until they are in the store.
     store = QueueingStore(ingest.outbox)
     redrive = RedriveLoop(ingest.outbox, config.storage.queue.redrive_interval).start() \
