@@ -276,6 +276,16 @@ def check_viewer(report: dict[str, Any], out: Path) -> None:
         ink = np.mean(np.abs(cell - np.median(cell)) > 60)
         assert 0.02 < ink < 0.6, f"{name}: {ink:.3f} of its cell differs from the background"
 
+    # Searched for in Chinese characters (QIDO-RS PatientName=*李娜*, fuzzy), the US patient is
+    # the one row left; where the MR's row was, nothing is drawn. (OHIF filters Huren's answer
+    # again on the names it shows, the first group only: 王 would find the CT at Huren, but
+    # OHIF would then drop "WANG, XIAODONG".)
+    assert report["searches"] and all(search["matches"] == 1 for search in report["searches"]), report["searches"]
+    found = grey(out / "search.png", report["found"])
+    assert np.mean(np.abs(found - np.median(found)) > 60) > 0.02, "the patient found is not drawn"
+    gone = grey(out / "search.png", report["names"][LISTED[1]])
+    assert np.mean(np.abs(gone - np.median(gone)) > 60) < 0.005, "a patient not searched for is still listed"
+
     # The MR it opened on (window 600/1200): white matter grey, air black.
     mr = grey(out / "entry.png", report["viewports"]["entry"])
     assert image_point(mr, (256, 256), 0, 0) > 80 > 20 > image_point(mr, (256, 256), -0.9, -0.9)
@@ -315,7 +325,8 @@ def test_ohif_reads_huren(case: Case, studies: Studies) -> None:
     with Site(viewer_app(case.dicomweb, proxied), case.port) as site:
         report = drive({"app": site.url, "dicomweb": case.dicomweb, "token": token, "entry": studies.mr,
                         "names": LISTED, "open": [{"row": CT_EXAM.accession, "name": "ct"},
-                                                  {"row": US_ACCESSION, "name": "us"}]}, out)
+                                                  {"row": US_ACCESSION, "name": "us"}],
+                        "search": {"text": "李娜", "finds": LISTED[2]}}, out)
     check_viewer(report, out)
     framed = {r["url"].split("/studies/")[1].split("/")[0] for r in report["requests"] if "/frames/" in r["url"]}
     assert {studies.ct, studies.mr, studies.us} <= framed

@@ -33,10 +33,11 @@ window.config = {
         wadoUriRoot: window.HUREN.dicomweb,
         qidoRoot: window.HUREN.dicomweb,
         wadoRoot: window.HUREN.dicomweb,
-        // Huren is a full QIDO-RS (includefield, wildcards) and WADO-RS server, not static files.
+        // Huren is a full QIDO-RS and WADO-RS server, not static files.
         qidoSupportsIncludeField: true,
+        // Fuzzy: a name matches on any of its groups, and in Hanyu Pinyin too.
         supportsWildcard: true,
-        supportsFuzzyMatching: false,
+        supportsFuzzyMatching: true,
         staticWado: false,
         imageRendering: 'wadors',
         thumbnailRendering: window.HUREN.thumbnailRendering,

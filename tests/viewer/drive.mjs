@@ -2,12 +2,13 @@
 //
 //   node drive.mjs JOB.json
 //
-// JOB: {app, dicomweb, token, entry, names, open, out, timeout}. The viewer is opened on the
+// JOB: {app, dicomweb, token, entry, names, open, search, out, timeout}. The viewer is opened on the
 // `entry` study with `?token=` (how OHIF takes a bearer token without an OpenID provider), then
 // the header's way back leads to the study list, which should show `names`; each of `open`
 // ({row, name}) is then opened from the list: a click on its row (the cell whose text is
-// `row`) and on its "Basic Viewer" button. Screenshots: entry.png, list.png and NAME.png in
-// `out`. Prints one JSON object: the DICOMweb requests made (URL, status), the failed ones,
+// `row`) and on its "Basic Viewer" button. Last, back in the list, `search.text` is typed into
+// the patient filter, which should leave only `search.finds`. Screenshots: entry.png, list.png,
+// NAME.png and search.png in `out`. Prints one JSON object: the DICOMweb requests made (URL, status), the failed ones,
 // console errors and uncaught page errors, the study list's text, where each name is drawn in
 // list.png and where the viewport and the first series thumbnail are in each viewer screenshot (CSS pixels = screenshot pixels).
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -30,7 +31,7 @@ context.setDefaultTimeout(timeout);
 // A radiologist who has taken OHIF's guided tour once: its overlay would cover the viewer.
 await context.addInitScript(() => localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour'])));
 
-const report = { requests: [], failed: [], console: [], pageErrors: [], listText: '', names: {}, viewports: {}, thumbnails: {} };
+const report = { requests: [], failed: [], console: [], pageErrors: [], listText: '', names: {}, viewports: {}, thumbnails: {}, searches: [] };
 const inFlight = new Set();
 let framesReceived = 0;
 const isDicomweb = url => url.startsWith(job.dicomweb);
@@ -55,6 +56,10 @@ page.on('requestfinished', async request => {
   const entry = { url: request.url(), method: request.method(), status: response?.status() };
   report.requests.push(entry);
   if (request.url().includes('/frames/') && response?.ok()) framesReceived += 1;
+  // OHIF filters a search's answer again on what it shows: count what Huren itself matched.
+  if (request.url().includes('PatientName=') && response?.ok()) {
+    report.searches.push({ url: request.url(), matches: (await response.json()).length });
+  }
   if (!response || response.status() >= 400) {
     // What was asked and what Huren answered, to name the fault (the token left out).
     const { authorization, ...headers } = request.headers();
@@ -113,6 +118,19 @@ try {
     const before = framesReceived;
     await page.getByRole('button', { name: /basic viewer/i }).first().click();
     await viewerShown(name, before);
+  }
+
+  // A search in the list's patient filter: only `search.finds` is left.
+  if (job.search) {
+    await page.locator('[data-cy="return-to-work-list"]').first().click();
+    await page.getByText(job.search.finds).first().waitFor();
+    await page.getByRole('textbox').first().fill(job.search.text);
+    for (const name of job.names.filter(n => n !== job.search.finds)) {
+      await page.getByText(name).first().waitFor({ state: 'detached' });
+    }
+    await settle();
+    await page.screenshot({ path: join(job.out, 'search.png') });
+    report.found = await page.getByText(job.search.finds).first().boundingBox();
   }
 } catch (error) {
   report.error = String(error);
