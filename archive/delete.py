@@ -90,7 +90,7 @@ class Deleter:
             If an instance's object is still waiting for the blob store (the
             outage queue): the deletion is refused whole; try again later.
         """
-        self.resume()
+        self._resume_or_leave(study_uid)
         now = datetime.now(UTC)
         with self.db.writing() as conn:
             # The instances a retrieve of the same URL would find.
@@ -121,12 +121,16 @@ class Deleter:
                 _stale(conn, study_pk, now)
         log.info("deleted", extra={"study": study_uid, "series": series_uid, "sop": sop_uid,
                                    "instances": len(rows), "study_removed": removed})
+        self._resume_or_leave(study_uid)
+        return Deleted(study_uid, series_uid, sop_uid, len(rows), removed)
+
+    def _resume_or_leave(self, study_uid: str) -> None:
+        """:meth:`resume`, but a store that does not answer leaves the journal for later:
+        the rows are what a deletion is, and nothing points at the journalled objects."""
         try:
             self.resume()
         except Exception as exc:
-            # Deleted all the same: nothing points at the objects, and the journal keeps them for later.
             log.warning("objects left to delete later", extra={"study": study_uid, "error": str(exc)})
-        return Deleted(study_uid, series_uid, sop_uid, len(rows), removed)
 
     def resume(self) -> int:
         """Delete the objects the journal still names; returns how many journal rows were cleared.

@@ -15,11 +15,11 @@ import pytest
 from dicomweb_client.api import DICOMwebClient
 from pydicom.uid import generate_uid
 from requests.exceptions import HTTPError
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
 from archive import inventory, shares
 from archive.config import load_config
-from archive.delete import Deleter, NothingToDelete
+from archive.delete import Deleter, NothingToDelete, StillQueued
 from archive.index.query import Level
 from archive.index.schema import (
     audit_events,
@@ -28,6 +28,7 @@ from archive.index.schema import (
     item_results,
     judgements,
     patients,
+    queued_objects,
     series,
     studies,
 )
@@ -107,6 +108,18 @@ def test_unknown_uids(archive: Archive) -> None:
     with pytest.raises(NothingToDelete):  # a series of another study
         deleter.delete(generate_uid(), stored.series_uid)
     assert count(archive, instances) == 1 and len(list(archive.store.keys())) == 1
+
+
+def test_refused_while_in_the_outage_queue(archive: Archive) -> None:
+    stored = archive.add(instance())
+    key = f"{stored.study_uid}/{stored.series_uid}/{stored.sop_uid}.dcm"
+    with archive.db.writing() as conn:  # as archive.outbox records an object the store has not taken yet
+        conn.execute(insert(queued_objects).values(blob_key=key, file="x.dcm", host="here", size=1, sha256="0" * 64,
+                                                   queued_at=datetime.datetime.now(datetime.UTC)))
+    with pytest.raises(StillQueued, match="outage queue"):
+        Deleter(archive.db, archive.store).delete(stored.study_uid)
+    assert archive.uids() == {stored.study_uid} and list(archive.store.keys()) == [key]
+    assert count(archive, deletions) == 0
 
 
 def test_compliance_rows(index_url: str, tmp_path: Path) -> None:
