@@ -22,7 +22,7 @@ from archive.render import parse, render
 from dicomweb.rendered import Thumbnails
 from tests import viewing
 from tests.conftest import Huren
-from tests.viewing import parts, path_of
+from tests.viewing import parts, path_of, study_of
 
 Viewer = tuple[Huren, dict[str, Dataset]]
 viewer = viewing.viewer  # the module's server and study (a fixture)
@@ -213,3 +213,19 @@ def test_thumbnail_cache_is_bounded_and_least_recently_used_goes_first() -> None
     assert cache.get("b") is None and cache.get("a") == b"1234" and cache.get("c") == b"1234"
     cache.put("huge", b"x" * 11)      # larger than the whole budget: never kept
     assert cache.get("huge") is None and cache.get("a") == b"1234"
+
+
+def test_on_s3_and_postgresql(any_huren: Huren) -> None:
+    datasets = study_of(["ct", "mr_j2k"])
+    DICOMwebClient(any_huren.dicomweb).store_instances(list(datasets.values()))
+    ct = datasets["ct"]
+    shown = picture(httpx.get(any_huren.dicomweb + path_of(ct) + "/rendered", params={"window": "40,400"},
+                              headers={"Accept": "image/png"}).content)
+    assert np.array_equal(shown, picture(render(_file(ct), None, parse(window="40,400"), "image/png")))
+    thumbnail = httpx.get(f"{any_huren.dicomweb}/studies/{ct.StudyInstanceUID}/thumbnail")
+    assert thumbnail.status_code == 200 and max(Image.open(BytesIO(thumbnail.content)).size) <= 128
+    mr = datasets["mr_j2k"]
+    link = httpx.get(any_huren.url + "/wado", params={
+        "requestType": "WADO", "studyUID": mr.StudyInstanceUID, "seriesUID": mr.SeriesInstanceUID,
+        "objectUID": mr.SOPInstanceUID, "contentType": "image/png"})
+    assert link.status_code == 200 and picture(link.content).shape == (mr.Rows, mr.Columns)
