@@ -15,6 +15,7 @@ from __future__ import annotations
 from io import BytesIO
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from starlette.requests import Request
 from starlette.responses import Response
@@ -98,7 +99,7 @@ def _frame(raw: str | None) -> int | None:
     return int(raw)
 
 
-def _rendering(request: Request, header) -> Rendering:
+def _rendering(request: Request, header: Dataset) -> Rendering:
     """The WADO-URI presentation parameters as a :class:`Rendering` (PS3.18 §9.2.3)."""
     query = request.query_params
     try:
