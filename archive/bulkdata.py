@@ -18,7 +18,7 @@ import orjson
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
-from pydicom.pixels import pixel_array
+from pydicom.pixels import get_decoder
 from pydicom.uid import UID, ExplicitVRBigEndian
 
 from archive.retrieve import Located
@@ -91,12 +91,13 @@ def decoded_frames(store: BlobStore, item: Located, numbers: list[int]) -> list[
     NoSuchBulkData
         If a frame number is out of range.
     """
-    blob = b"".join(store.read(item.blob_key))
-    ds = dcmread(BytesIO(blob))
+    ds = _parsed(store, item)
     _check(numbers, int(ds.get("NumberOfFrames") or 1))
+    # Each frame decoded from the data set already parsed, not from the file again.
+    decoder = get_decoder(ds.file_meta.TransferSyntaxUID)
     out = []
     for n in numbers:
-        pixels = pixel_array(BytesIO(blob), index=n - 1)
+        pixels, _ = decoder.as_array(ds, index=n - 1)
         out.append(pixels.astype(pixels.dtype.newbyteorder("<"), copy=False).tobytes())
     return out
 
