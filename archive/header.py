@@ -18,7 +18,7 @@ import orjson
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from archive import charsets, names  # noqa: F401  (charsets: decoding fixes)
@@ -122,7 +122,7 @@ def read_header(path: Path) -> InstanceHeader:
         except InvalidDicomError as exc:
             raise UnreadableInstance(f"not a DICOM Part-10 file: {exc}") from None
         except (EOFError, ValueError, KeyError, TypeError, OverflowError, NotImplementedError,
-                LookupError, UnicodeError, struct.error, zlib.error, OSError) as exc:
+                LookupError, UnicodeError, struct.error, zlib.error, OSError, BytesLengthException) as exc:
             # A file cut short inside a header, a deflated stream or an undefined-length
             # sequence makes pydicom raise struct.error, zlib.error or OSError ("No tag to read").
             raise UnreadableInstance(f"cannot parse the dataset: {exc}") from None
