@@ -160,7 +160,7 @@ class Outbox:
         # Summed from the folder at most once a second (other workers share it), with
         # what this process queued since added.
         if self._used is None or time.monotonic() - self._used_at > 1.0:
-            self._used = sum(entry.stat().st_size for entry in os.scandir(self.folder) if entry.is_file())
+            self._used = sum(_stat(entry).st_size for entry in os.scandir(self.folder) if entry.is_file())
             self._used_at = time.monotonic()
         return self._used
 
@@ -330,7 +330,7 @@ class Outbox:
         if not self.enabled:
             return 0
         cutoff = time.time() - older_than
-        old = {e.name for e in os.scandir(self.folder) if e.is_file() and e.stat().st_mtime < cutoff}
+        old = {e.name for e in os.scandir(self.folder) if e.is_file() and 0 < _stat(e).st_mtime < cutoff}
         if not old:
             return 0
         with self.db.reading() as conn:
@@ -368,6 +368,15 @@ class QueueingStore:
 
     def check(self) -> None:
         self.store.check()
+
+
+def _stat(entry: os.DirEntry) -> os.stat_result:
+    """An entry's stat, or zeros when it went between listing and looking (another
+    thread renamed its ``.part`` into place, or the re-driver removed it)."""
+    try:
+        return entry.stat()
+    except FileNotFoundError:
+        return os.stat_result((0,) * 10)
 
 
 def _has_files(folder: Path) -> bool:

@@ -144,9 +144,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = SeaweedFS(work / "seaweedfs").start()
     try:
         results = [one_round(work, store, args.instances, n) for n in range(1, args.rounds + 1)]
+    except Exception:
+        log(f"failed; the servers' logs are kept in {work}")
+        raise
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     finally:
         store.stop()
-        shutil.rmtree(work, ignore_errors=True)
     print(f"## Outage queue ({time.strftime('%Y-%m-%d %H:%M')}, "
           f"{(time.perf_counter() - started) / 60:.1f} min)\n")
     print(table(results, args.instances))

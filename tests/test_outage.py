@@ -6,6 +6,7 @@ meanwhile and is in the bucket, byte for byte, once the store is back."""
 from __future__ import annotations
 
 import hashlib
+import shutil
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,12 +18,14 @@ import pytest
 from pydicom import dcmread
 from sqlalchemy import create_engine, select, text, update
 
-from archive.config import OutageQueue
+from archive.config import OutageQueue, S3Storage
 from archive.index.database import Database
 from archive.index.schema import queued_objects
+from archive.ingest import Ingest, Outcome, Source
 from archive.outbox import Outbox, Queued
 from archive.storage.filesystem import FilesystemStore
-from tests.conftest import Huren, huren_config
+from archive.storage.s3 import S3Store
+from tests.conftest import Huren, free_port, huren_config
 from tests.factory import instance, write
 from tests.seaweed import SeaweedFS, running
 
@@ -302,3 +305,39 @@ def test_wado_rs_checks_before_its_200_and_aborts_mid_stream(huren: Huren, tmp_p
     assert answer.status_code == 500 and first.SOPInstanceUID in answer.json()["error"]
     log = huren.log.read_text()
     assert log.count("index/store disagreement") >= 2 and second.SOPInstanceUID in log
+
+
+def test_a_new_version_of_a_queued_instance_queues_behind_it(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "huren")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "huren-secret")
+    db = Database(f"sqlite:///{tmp_path / 'index.db'}")
+    db.migrate()
+    settings = OutageQueue(path=tmp_path / "queue", after=5)
+    # Nothing listens there: every put fails at once.
+    unreachable = S3Store(S3Storage(backend="s3", bucket="huren-gone", endpoint_url=f"http://127.0.0.1:{free_port()}",
+                                    region="us-east-1", connect_timeout=1, max_attempts=1))
+    source = Source("dimse", None, "CT_A")
+    ds = instance()
+    older = write(ds, tmp_path / "v1.dcm").read_bytes()
+    ds.PatientName = "CHANGED^NAME"
+    newer = write(ds, tmp_path / "v2.dcm").read_bytes()
+    key = f"{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
+
+    during = Ingest(db, unreachable, "replace", settings)
+    shutil.copy(tmp_path / "v1.dcm", tmp_path / "staged.dcm")
+    assert during.ingest(tmp_path / "staged.dcm", source).outcome is Outcome.STORED
+    # The store is back, the older version not yet uploaded: the newer one must not overtake it.
+    store = FilesystemStore(tmp_path / "archive")
+    after = Ingest(db, store, "replace", settings)
+    shutil.copy(tmp_path / "v2.dcm", tmp_path / "staged.dcm")
+    assert after.ingest(tmp_path / "staged.dcm", source).outcome is Outcome.REPLACED
+    assert list(store.keys()) == []
+    assert [p.read_bytes() for p in settings.path.iterdir()] == [newer]  # the older queue file is gone
+    assert older != newer
+
+    assert after.outbox.redrive("p") == 1
+    assert b"".join(store.read(key)) == newer and list(settings.path.iterdir()) == []
+    for ingest in (during, after):
+        ingest.outbox.close()
+    db.dispose()
