@@ -15,14 +15,19 @@ count correctly and an invisible study answers exactly as an absent one.
 from __future__ import annotations
 
 import datetime
+import itertools
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import BindParameter, ColumnElement, Text, and_, bindparam, cast, exists, false, or_, select, true
+from sqlalchemy import Boolean, ColumnElement, and_, bindparam, false, or_, select, true
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from archive.config import Config
-from archive.guideline.marks import recognises
+from archive.guideline.marks import recognises, recognition_key
 from archive.guideline.rules import RuleSet
-from archive.index.schema import item_results, shares, studies
+from archive.index.schema import shares, studies
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,7 @@ def visible(config: Config, caller: Caller, today: datetime.date | None = None) 
     known = _remembered.get(key)
     if known is not None and known[1] is config.rule_sets:
         return known[2]
-    condition = _condition(config, asker_id, today)
+    condition = _condition(config, asker_id, today, f"{asker_id}@{today}#{next(_serial)}")
     if len(_remembered) >= _REMEMBERED:
         _remembered.clear()  # yesterday's and old configurations' entries
     _remembered[key] = (config, config.rule_sets, condition)
@@ -73,10 +78,11 @@ def visible(config: Config, caller: Caller, today: datetime.date | None = None) 
 # here, and the rule sets it saw, which config_with_rule_sets sets in place.
 _remembered: dict[tuple[int, str, datetime.date], tuple[Config, tuple[RuleSet, ...], ColumnElement[bool]]] = {}
 _REMEMBERED = 1024  # entries; a new day needs one per hospital
+_serial = itertools.count(1)
 
 
-def _condition(config: Config, asker_id: str, today: datetime.date) -> ColumnElement[bool]:
-    """:func:`visible` for a hospital, decided afresh."""
+def _condition(config: Config, asker_id: str, today: datetime.date, name: str) -> ColumnElement[bool]:
+    """:func:`visible` for a hospital, decided afresh; `name` is unique to it."""
     # The time shares must outlive is read as each query runs, so the condition can be kept.
     now = bindparam(None, callable_=lambda: datetime.datetime.now(datetime.UTC), type_=shares.c.expires_at.type)
     # A hospital's live shares are few: both engines read them once per query, then look each study up.
@@ -84,7 +90,37 @@ def _condition(config: Config, asker_id: str, today: datetime.date) -> ColumnEle
         shares.c.hospital_id == asker_id, shares.c.revoked_at.is_(None), shares.c.expires_at > now,
     )
     # Both engines test the terms in this order, study by study: cheapest and likeliest first.
-    return or_(studies.c.hospital_id == asker_id, _recognised(config, asker_id, today), studies.c.pk.in_(shared))
+    fixed = _Fixed(name, or_(studies.c.hospital_id == asker_id, _recognised(config, asker_id, today)))
+    return or_(fixed, studies.c.pk.in_(shared))
+
+
+class _Fixed(ColumnElement[bool]):
+    """A condition of constants that stays the same all day, known to SQLAlchemy by its `name` alone.
+
+    Its lists of hospitals and marks run to hundreds of values. Written as
+    ordinary expressions, each query would walk them to make its cache key
+    and render them again into the SQL, half a millisecond a search: as much
+    as a search by UID takes. Named, a statement holding it is compiled once
+    and then found in SQLAlchemy's cache by a short key.
+    """
+
+    inherit_cache = False
+    _traverse_internals = [("name", InternalTraversal.dp_string)]
+    type = Boolean()
+
+    def __init__(self, name: str, condition: ColumnElement[bool]) -> None:
+        self.name = name
+        self.condition = condition
+
+    def self_group(self, against: Any = None) -> ColumnElement[Any]:
+        # A predicate already, and grouped when compiled: not a boolean value that SQLite would compare with 1.
+        return self
+
+
+@compiles(_Fixed)
+def _compile_fixed(element: _Fixed, compiler: SQLCompiler, **kw: Any) -> str:
+    # Constants in the text, so that the compiled statement needs no values to run.
+    return "(" + compiler.process(element.condition, **{**kw, "literal_binds": True}) + ")"
 
 
 def _recognised(config: Config, asker_id: str, today: datetime.date) -> ColumnElement[bool]:
@@ -110,20 +146,8 @@ def _recognised(config: Config, asker_id: str, today: datetime.date) -> ColumnEl
         marks.setdefault((rule_set_id, tuple(sources)), []).append(mark)
     if not marks:
         return false()
-    # The casts change nothing but keep SQLite from seeking ix_item_results_recognised once per listed
-    # (mark, source) pair, 196 times a study for a hospital that accepts two marks of 98 hospitals.
-    marked = or_(*(and_(item_results.c.rule_set == _constant(rule_set_id),
-                        cast(item_results.c.mark, Text).in_(_constant(group)),
-                        cast(item_results.c.hospital_id, Text).in_(_constant(list(sources))))
-                   for (rule_set_id, sources), group in marks.items()))
-    # OFFSET 0 keeps the test per study: without it PostgreSQL turns the EXISTS into a hashed list of
-    # every recognised study (half the index), made in full even when a search stops after one page.
-    return exists(select(item_results.c.pk).where(
-        item_results.c.study_pk == studies.c.pk, item_results.c.verdict == "pass", marked,
-    ).offset(0))
-
-
-def _constant(value: str | list[str]) -> BindParameter:
-    """`value` written into the SQL, not bound: psycopg parses a statement of over 50 parameters anew
-    each time it runs, and the lists stay the same for a hospital all day."""
-    return bindparam(None, value, expanding=isinstance(value, list), literal_execute=True)
+    # Tested on the study row itself (studies.recognition), with no look-up of item results per study:
+    # in both engines such a look-up cost more than the rest of a search.
+    return or_(*(and_(studies.c.hospital_id.in_(sources), or_(*(
+        studies.c.recognition.contains(recognition_key(rule_set_id, mark), autoescape=True) for mark in group)))
+                 for (rule_set_id, sources), group in marks.items()))

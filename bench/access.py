@@ -54,7 +54,7 @@ from sqlalchemy.exc import OperationalError
 
 from archive.config import Config, Hospital, config_with_rule_sets
 from archive.guideline.compliance import Compliance
-from archive.guideline.marks import item_mark
+from archive.guideline.marks import item_mark, recognition
 from archive.index.database import Database
 from archive.index.query import Level, Query, search
 from archive.index.schema import instances, item_results, judgements, patients, series, shares, studies
@@ -165,8 +165,10 @@ def spread(db: Database, config: Config, rng: random.Random) -> None:
                           "failed_rules": "" if verdict == "pass" else "report.verified", "judged_at": now})
         with db.writing() as conn:
             conn.execute(update(studies).where(studies.c.pk == bindparam("b_pk")).values(
-                hospital_id=bindparam("b_hospital")),
-                [{"b_pk": rows[n][0], "b_hospital": owners[n].id} for n in batch])
+                hospital_id=bindparam("b_hospital"), recognition=bindparam("b_recognition")),
+                [{"b_pk": rows[n][0], "b_hospital": owners[n].id,
+                  "b_recognition": recognition([(rule_set.id, item["mark"])] if item["mark"] else [])}
+                 for n, item in zip(batch, items)])
             conn.execute(insert(judgements), judged)
             conn.execute(insert(item_results), items)
     with db.writing() as conn:

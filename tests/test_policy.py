@@ -9,9 +9,13 @@ import datetime
 from pathlib import Path
 
 import pytest
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.script import ScriptDirectory
 from sqlalchemy import select
 
 from archive import shares
+from archive.index.database import MIGRATIONS
 from archive.index.query import Level, Query, search
 from archive.index.schema import studies
 from archive.policy import Caller, visible
@@ -97,3 +101,24 @@ def test_a_share_shows_a_study_until_it_expires_or_is_revoked(site: Site, three:
     shares.create(site.archive.db, study_pk, "tj-b", now - datetime.timedelta(seconds=1), "x")
     assert three["c"] not in found(site, caller)  # expired
     assert [s.hospital_id for s in shares.of_study(site.archive.db, study_pk)] == ["tj-b", "tj-b"]
+
+
+def test_judging_writes_the_marks_the_policy_reads(site: Site, three: dict[str, str]) -> None:
+    with site.archive.db.reading() as conn:
+        recognition = dict(conn.execute(select(studies.c.study_uid, studies.c.recognition)).all())
+    assert recognition == {three["a"]: " JJJ:JJJHR ", three["b"]: " JJJ:JJJHR ", three["c"]: None,
+                           three["a_fail"]: None}
+
+
+def test_upgrading_an_older_index_fills_in_the_marks(site: Site, three: dict[str, str]) -> None:
+    """An index judged before studies carried their marks (migration 0008) is filled in from its item results."""
+    seen = {h: set(found(site, hospital(site, h))) for h in ("bj-a", "tj-b", "he-c", "he-d")}
+    settings = AlembicConfig()
+    settings.set_main_option("script_location", str(MIGRATIONS))
+    before = ScriptDirectory.from_config(settings).get_revision("0008").down_revision
+    for step, target in ((command.downgrade, before), (command.upgrade, "head")):
+        with site.archive.db.engine.begin() as conn:
+            settings.attributes["connection"] = conn
+            step(settings, target)
+    assert {h: set(found(site, hospital(site, h))) for h in seen} == seen
+    test_judging_writes_the_marks_the_policy_reads(site, three)

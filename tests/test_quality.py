@@ -17,6 +17,7 @@ from starlette.testclient import TestClient
 from archive import tokens
 from archive.config import Config, config_with_rule_sets
 from archive.guideline.compliance import Compliance
+from archive.guideline.marks import recognition
 from archive.guideline.quality import Filters, quality
 from archive.index.database import Database
 from archive.index.schema import item_results, judgements, patients, studies
@@ -68,6 +69,7 @@ class Judged:
                 hospital_id=hospital, study_date=study_date, study_time="", accession_number=f"A{n}",
                 study_id="", study_description="", referring_physician="", created_at=NOW,
                 updated_at=NOW, judged_revision=0,
+                recognition=recognition([("JJJ", mark)] if verdict == "pass" and mark else []),
             ).returning(studies.c.pk)).scalar_one()
             record = {"rule_set": "JJJ", "verdict": verdict, "findings": findings,
                       "items": [{"code": item, "verdict": verdict}], "marks": {item: mark}}

@@ -27,7 +27,7 @@ from sqlalchemy import Connection, delete, insert, or_, select, update
 from archive.config import Config
 from archive.guideline.facts import instance_facts
 from archive.guideline.judge import Judgement, judge
-from archive.guideline.marks import item_mark
+from archive.guideline.marks import item_mark, recognition
 from archive.guideline.verdict import summary_verdict
 from archive.index.database import Database
 from archive.index.schema import instances, item_results, judgements, series, studies, study_identities
@@ -113,7 +113,10 @@ class Compliance:
             released = conn.execute(
                 update(studies).where(studies.c.pk == claim.study_pk, studies.c.claimed_by == owner)
                 .values(judged_revision=claim.revision, judge_pending=studies.c.revision != claim.revision,
-                        claimed_until=None, claimed_by=None)
+                        claimed_until=None, claimed_by=None, recognition=recognition(
+                            (verdict.rule_set, mark) for verdict, item_marks in zip(verdicts, marks)
+                            for item in verdict.items
+                            if item.verdict == "pass" and (mark := item_marks.get(item.code))))
             ).rowcount
             if released != 1:
                 log.warning("judging claim lost", extra={"study": claim.study_uid, "owner": owner})

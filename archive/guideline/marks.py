@@ -13,6 +13,7 @@ results and hospitals within one band of levels accept each other's.
 from __future__ import annotations
 
 import datetime
+from collections.abc import Iterable
 
 from archive.config import Hospital
 from archive.guideline.rules import RuleSet
@@ -56,3 +57,19 @@ def recognises(rule_set: RuleSet, asker: Hospital, source: Hospital, mark: str,
         return True
     # Bands are listed highest first: a lower band number is a higher level.
     return source_band == asker_band or (rules.lower_accepts_higher and source_band < asker_band)
+
+
+def recognition_key(rule_set_id: str, mark: str) -> str:
+    """How a study's ``recognition`` column names one passing item's mark: `` JJJ:BJHR ``.
+
+    The spaces delimit it, so that a search for one key never matches
+    inside another.
+    """
+    return f" {rule_set_id}:{mark} "
+
+
+def recognition(marked: Iterable[tuple[str, str]]) -> str | None:
+    """A study's ``recognition`` column: the keys of its passing, marked items (rule set, mark);
+    ``None`` when it has none."""
+    keys = sorted({recognition_key(rule_set_id, mark).strip() for rule_set_id, mark in marked})
+    return f" {' '.join(keys)} " if keys else None

@@ -69,6 +69,9 @@ studies = Table(
     # A judging process's claim: until this time nobody else judges the study.
     Column("claimed_until", DateTime(timezone=True), nullable=True),
     Column("claimed_by", String(64), nullable=True),
+    # The marks its current judgement gives it (archive.guideline.marks.recognition), on the row
+    # itself so that the sharing policy tests each study without a look-up (archive.policy).
+    Column("recognition", Text, nullable=True),
 )
 
 series = Table(
@@ -245,9 +248,6 @@ deletions = Table(
 )
 
 Index("ix_shares_hospital", shares.c.hospital_id, shares.c.study_pk)
-Index("ix_item_results_recognised", item_results.c.study_pk, item_results.c.verdict, item_results.c.rule_set,
-      item_results.c.mark, item_results.c.hospital_id)
-
 # The outage queue (archive.outbox): an archived instance whose object is not yet
 # in the blob store but in a local queue folder. A row here is what "not yet in
 # the store" means; it is committed with the instance row, and deleted once the
