@@ -325,22 +325,31 @@ class Outbox:
             })
 
     def sweep(self, older_than: float = 3600.0) -> int:
-        """Remove queue files no row points at, older than `older_than` seconds: left by a
-        crash between queueing and the index commit, so never acknowledged."""
+        """Tidy the queue folder: claim the rows of files found here that name another host
+        (a container restarted under a new host name with the same folder), and remove
+        files no row points at that are older than `older_than` seconds (left by a crash
+        between queueing and the index commit, so never acknowledged). Returns how many
+        files were removed."""
         if not self.enabled:
             return 0
-        cutoff = time.time() - older_than
-        old = {e.name for e in os.scandir(self.folder) if e.is_file() and 0 < _stat(e).st_mtime < cutoff}
-        if not old:
-            return 0
+        here = {e.name: _stat(e).st_mtime for e in os.scandir(self.folder)
+                if e.is_file() and not e.name.endswith(PART_SUFFIX)}
         with self.db.reading() as conn:
-            kept = set(conn.execute(
-                select(queued_objects.c.file).where(queued_objects.c.host == self.host)
-            ).scalars())
-        for name in old - kept:
+            rows = dict(conn.execute(select(queued_objects.c.file, queued_objects.c.host)).tuples().all())
+        moved = [name for name, host in rows.items() if host != self.host and name in here]
+        if moved:
+            with self.db.writing() as conn:
+                conn.execute(update(queued_objects).where(queued_objects.c.file.in_(moved)).values(host=self.host))
+            log.warning("queued objects of another host name found in this queue folder; re-driven from here",
+                        extra={"objects": len(moved), "host": self.host})
+        cutoff = time.time() - older_than
+        orphans = [name for name, modified in here.items() if name not in rows and 0 < modified < cutoff]
+        orphans += [e.name for e in os.scandir(self.folder)
+                    if e.name.endswith(PART_SUFFIX) and 0 < _stat(e).st_mtime < cutoff]
+        for name in orphans:
             self.discard(name)
             log.info("queue file without a row removed", extra={"file": name})
-        return len(old - kept)
+        return len(orphans)
 
     def close(self) -> None:
         self._puts.shutdown(wait=False, cancel_futures=True)

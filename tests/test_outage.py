@@ -6,6 +6,7 @@ meanwhile and is in the bucket, byte for byte, once the store is back."""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -340,4 +341,34 @@ def test_a_new_version_of_a_queued_instance_queues_behind_it(tmp_path: Path,
     assert b"".join(store.read(key)) == newer and list(settings.path.iterdir()) == []
     for ingest in (during, after):
         ingest.outbox.close()
+    db.dispose()
+
+
+def test_a_queue_folder_is_tidied_and_kept_across_host_names(index_url: str, tmp_path: Path) -> None:
+    db = Database(index_url)
+    db.migrate()
+    store = FilesystemStore(tmp_path / "archive")
+    settings = OutageQueue(path=tmp_path / "queue", after=5)
+    before = Outbox(db, store, settings, host="huren-7f3a")  # a container, before its restart
+    path = tmp_path / "one.dcm"
+    path.write_bytes(b"queued" * 100)
+    placed = before.put("1.2/1.2.3/1.2.3.4.dcm", path, hashlib.sha256(path.read_bytes()).hexdigest(),
+                        behind_queue=True)
+    assert isinstance(placed, Queued)
+    with db.writing() as conn:
+        before.add_row(conn, placed)
+    crashed, young = settings.path / "1.2.3.5.dcm.0123456789ab", settings.path / "1.2.3.6.dcm.0123456789ab"
+    crashed.write_bytes(b"never acknowledged")
+    young.write_bytes(b"an ingest between queueing and commit")
+    hour_ago = time.time() - 3601
+    os.utime(crashed, (hour_ago, hour_ago))
+    os.utime(settings.path / placed.file, (hour_ago, hour_ago))  # old, but its row keeps it
+
+    after = Outbox(db, store, settings, host="huren-c21e")  # the same folder, a new host name
+    assert after.sweep() == 1
+    assert sorted(p.name for p in settings.path.iterdir()) == sorted([placed.file, young.name])
+    assert after.depth() == (1, 600) and after.redrive("p") == 1
+    assert b"".join(store.read("1.2/1.2.3/1.2.3.4.dcm")) == b"queued" * 100
+    for outbox in (before, after):
+        outbox.close()
     db.dispose()
