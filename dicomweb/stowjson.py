@@ -1,4 +1,4 @@
-"""STOW-RS with metadata and bulk data (PS3.18 §10.5.1.1.2, §8.6.1.2):
+"""STOW-RS with metadata and bulk data (PS3.18 §10.5):
 ``multipart/related; type="application/dicom+json"``.
 
 Metadata parts hold DICOM JSON (PS3.18 Annex F): one data set or an array of
@@ -7,12 +7,16 @@ them. Their BulkDataURIs name other parts of the request by the part's
 compressed pixel data as the image's own media type (``image/jpeg``,
 ``image/jls``, ``image/jp2``, ``image/dicom-rle``), whose ``transfer-syntax``
 parameter, or else the type's default (PS3.18 Table 8.7.3-5), becomes the
-instance's transfer syntax (one frame per part: compressed multi-frame pixel data
-is refused, 0xC122, to be sent as ``application/dicom``). Each data set is written as a Part-10 file in the
-receive folder and then archived by the one ingest path, exactly like a
-``application/dicom`` part; one that cannot be built is refused on its own
-(FailureReason 0xC000 "cannot understand", 0xA900 without its UIDs, 0xC122
-for a transfer syntax it cannot take).
+instance's transfer syntax. One frame per part: compressed multi-frame pixel
+data is refused (0xC122), to be sent as ``application/dicom``.
+
+Each data set is written as a Part-10 file in the receive folder and then
+archived by the one ingest path, exactly like an ``application/dicom`` part;
+one that cannot be built is refused on its own (FailureReason 0xC000 "cannot
+understand", 0xA900 without its UIDs, 0xC122 for a transfer syntax it cannot
+take). Unlike ``application/dicom`` parts, which are never read whole, an
+instance's bulk data values are read into memory to build it, one instance at
+a time.
 """
 
 from __future__ import annotations
@@ -85,6 +89,8 @@ def _build(document: Any, bulk: dict[str, Part], folder: Path) -> Built:
     try:
         if not isinstance(document, dict):
             raise Unusable(Failure.CANNOT_UNDERSTAND, "a metadata item is not a DICOM JSON object")
+        # File meta elements in the metadata are the sender's; this file gets its own.
+        document = {key: value for key, value in document.items() if not key.startswith("0002")}
         syntax = _syntax(document, bulk)
         if syntax.is_compressed and _frames(document) > 1:
             raise Unusable(Failure.TRANSFER_SYNTAX_NOT_SUPPORTED, "compressed multi-frame pixel data in one "

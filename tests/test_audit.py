@@ -35,7 +35,7 @@ STUDY, SERIES, SOP = "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2
 CT_A = Caller("dimse", "CT_A", hospital_id="bj-a", address="10.1.2.3")
 VIEWER = Caller("http", "3f2a9c0d11e4b7a8", hospital_id="tj-b", address="2001:db8::7")
 ADMIN = Caller("cli", "root", admin=True)
-ACTIONS = ("store", "query", "retrieve", "token", "share", "login")
+ACTIONS = ("store", "query", "retrieve", "delete", "token", "share", "login")
 OUTCOMES = ("success", "failure", "denied")
 
 
@@ -48,6 +48,8 @@ def sample(action: str, outcome: str, at: datetime.datetime = T0) -> AuditEvent:
         return AuditEvent("query", outcome, VIEWER, detail="StudyDate=20261101-&ModalitiesInStudy=CT", at=at)
     if action == "retrieve":
         return AuditEvent("retrieve", outcome, VIEWER, STUDY, detail="12 instances", at=at)
+    if action == "delete":
+        return AuditEvent("delete", outcome, ADMIN, STUDY, SERIES, detail="2 instance(s)", at=at)
     if action == "token":
         return AuditEvent("token", outcome, ADMIN, detail="created token 3f2a9c0d11e4b7a8 for tj-b", at=at)
     if action == "share":
@@ -116,7 +118,7 @@ def test_every_action_and_outcome_is_recorded_append_only(db: Database) -> None:
         trail.flush()
         trail.close()
     found = rows(db)
-    assert len(found) == len(recorded) == 18
+    assert len(found) == len(recorded) == 21
     for row, event in zip(found, recorded):
         assert (row.door, row.action, row.outcome, row.hospital_id, row.actor, row.address) == (
             event.caller.door, event.action, event.outcome, event.caller.hospital_id,
@@ -184,7 +186,7 @@ def test_beyond_the_bound_the_oldest_are_dropped_and_counted(db: Database, caplo
 
 def test_events_are_checked() -> None:
     with pytest.raises(ValueError, match="action"):
-        AuditEvent("delete", "success", VIEWER)
+        AuditEvent("erase", "success", VIEWER)
     with pytest.raises(ValueError, match="outcome"):
         AuditEvent("query", "ok", VIEWER)
     with pytest.raises(ValueError, match="time zone"):
@@ -289,6 +291,13 @@ def test_store_is_instances_transferred_to_huren() -> None:
     assert study.find("ParticipantObjectDescription/SOPClass/Instance").get("UID") == SOP
 
 
+def test_delete_is_instances_accessed_with_action_d() -> None:
+    root = check_schema(atna_message(sample("delete", "success"), "HUREN"))
+    event = root.find("EventIdentification")
+    assert (code(event, "EventID"), event.get("EventActionCode")) == ("110103", "D")  # A.5.3.6
+    assert [s.get("ParticipantObjectID") for s in studies(root)] == [STUDY]
+
+
 def test_retrieve_is_instances_transferred_from_huren() -> None:
     root = check_schema(atna_message(sample("retrieve", "success"), "HUREN"))
     assert code(root.find("EventIdentification"), "EventID") == "110104"
@@ -386,7 +395,7 @@ def test_exported_messages_of_every_kind_pass_the_schema_checks(db: Database) ->
         trail.record(sample(action, outcome, T0 + datetime.timedelta(seconds=n)))
     trail.close()
     messages = list(export(db, T0))
-    assert len(messages) == 18
+    assert len(messages) == 21
     for n, (message, (action, outcome)) in enumerate(zip(messages, itertools.product(ACTIONS, OUTCOMES))):
         check_schema(message)
         # What the index keeps is all a message needs: the export says what was said at the time.
