@@ -14,7 +14,9 @@ What is checked is what a radiologist sees: on the pixels of the screenshots,
 the patients' names drawn in the list where the page says they are (one in
 Chinese characters), the CT drawn with its window (lungs black, soft tissue
 mid-grey, bone white), the MR, the ultrasound and Huren's series thumbnails
-drawn; and that no DICOMweb request failed and the console stayed clean. The
+drawn (the MR stored as JPEG-LS and the cine as JPEG 2000, their frames handed
+out as stored and decoded by OHIF); a search in Chinese characters leaving one
+row; and that no DICOMweb request failed and the console stayed clean. The
 screenshots are kept under the folder the test prints (``tests/viewer/artefacts/``,
 ignored by git).
 """
@@ -38,7 +40,7 @@ import pytest
 import uvicorn
 from PIL import Image
 from pydicom import dcmread
-from pydicom.uid import UltrasoundMultiFrameImageStorage
+from pydicom.uid import UID, JPEG2000Lossless, JPEGLSLossless, UltrasoundMultiFrameImageStorage
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
@@ -111,14 +113,27 @@ def us_cine(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def studies(tmp_path_factory: pytest.TempPathFactory) -> Studies:
-    """A 50-slice 512x512 CT, a two-series MR and a 24-frame ultrasound cine, one patient each."""
+    """A 50-slice 512x512 CT, a two-series MR and a 24-frame ultrasound cine, one patient each.
+
+    The CT is uncompressed, the MR JPEG-LS and the cine JPEG 2000 lossless, as modalities send
+    them: Huren keeps them so and hands their frames out as stored, for the browser to decode.
+    """
     data = tmp_path_factory.mktemp("studies")
     ct = ct_study(data / "ct", thin_slices=50, thick_slices=0, exam=CT_EXAM, seed=10)
-    mr = mr_study(data / "mr", sequences=2, slices=12, exam=MR_EXAM, seed=11)
-    us = [us_cine(data / "us")]
+    mr = [compressed(path, JPEGLSLossless) for path in mr_study(data / "mr", sequences=2, slices=12,
+                                                                   exam=MR_EXAM, seed=11)]
+    us = [compressed(us_cine(data / "us"), JPEG2000Lossless)]
     uid = {name: str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
            for name, files in (("ct", ct), ("mr", mr), ("us", us))}
     return Studies([ct, mr, us], **uid)
+
+
+def compressed(path: Path, syntax: UID) -> Path:
+    """Re-encode the file at `path` in place in `syntax` (pydicom's encoders)."""
+    ds = dcmread(path)
+    ds.compress(syntax, generate_instance_uid=False)
+    ds.save_as(path, enforce_file_format=True)
+    return path
 
 
 @dataclass
@@ -151,7 +166,7 @@ def case(request: pytest.FixtureRequest, tmp_path: Path, studies: Studies) -> It
     server = Huren(tmp_path, config).start()
     try:
         for files in studies.files:
-            sent = server.storescu(*files, calling="MODALITY")
+            sent = server.storescu(*files, calling="MODALITY", tool="dcmsend")  # as they are
             assert sent.returncode == 0, sent.stderr
         yield Case(request.param, server, port)
     finally:
@@ -328,5 +343,12 @@ def test_ohif_reads_huren(case: Case, studies: Studies) -> None:
                                                   {"row": US_ACCESSION, "name": "us"}],
                         "search": {"text": "李娜", "finds": LISTED[2]}}, out)
     check_viewer(report, out)
-    framed = {r["url"].split("/studies/")[1].split("/")[0] for r in report["requests"] if "/frames/" in r["url"]}
-    assert {studies.ct, studies.mr, studies.us} <= framed
+    # Every study's pixel data came as frames; the compressed ones as stored (PS3.18 §8.7.3.5.2:
+    # transfer-syntax=* in OHIF's Accept), decoded by OHIF in the browser.
+    framed: dict[str, set[str]] = {}
+    for r in report["requests"]:
+        if "/frames/" in r["url"]:
+            framed.setdefault(r["url"].split("/studies/")[1].split("/")[0], set()).add(r["type"])
+    assert set(framed) == {studies.ct, studies.mr, studies.us}, framed
+    assert all(JPEGLSLossless in kind for kind in framed[studies.mr]), framed[studies.mr]
+    assert all(JPEG2000Lossless in kind for kind in framed[studies.us]), framed[studies.us]

@@ -8,7 +8,7 @@
 // ({row, name}) is then opened from the list: a click on its row (the cell whose text is
 // `row`) and on its "Basic Viewer" button. Last, back in the list, `search.text` is typed into
 // the patient filter, which should leave only `search.finds`. Screenshots: entry.png, list.png,
-// NAME.png and search.png in `out`. Prints one JSON object: the DICOMweb requests made (URL, status), the failed ones,
+// NAME.png and search.png in `out`. Prints one JSON object: the DICOMweb requests made (URL, status, Content-Type), the failed ones,
 // console errors and uncaught page errors, the study list's text, where each name is drawn in
 // list.png and where the viewport and the first series thumbnail are in each viewer screenshot (CSS pixels = screenshot pixels).
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -53,7 +53,10 @@ page.on('requestfinished', async request => {
   inFlight.delete(request);
   if (!isDicomweb(request.url())) return;
   const response = await request.response();
-  const entry = { url: request.url(), method: request.method(), status: response?.status() };
+  const entry = {
+    url: request.url(), method: request.method(), status: response?.status(),
+    type: response?.headers()['content-type'],
+  };
   report.requests.push(entry);
   if (request.url().includes('/frames/') && response?.ok()) framesReceived += 1;
   // OHIF filters a search's answer again on what it shows: count what Huren itself matched.
