@@ -36,9 +36,10 @@ from archive.bulkdata import PIXEL_DATA, NoSuchBulkData, bulk_value, decoded_fra
 from archive.retrieve import Located
 from archive.transcode import CannotTranscode, can_transcode, check, transcoded_frames
 from dicomweb.accept import not_acceptable, ranked
+from dicomweb.caching import boundary as multipart_boundary
 from dicomweb.caching import cache_headers, etag
 from dicomweb.errors import DicomWebError
-from dicomweb.multipart import new_boundary, write_parts
+from dicomweb.multipart import write_parts
 from dicomweb.resources import located
 
 OCTETS = "application/octet-stream"
@@ -167,8 +168,8 @@ def _parts(kind: str, syntax: str, request: Request, item: Located, bodies: list
     """
     part_type = f"{kind}; transfer-syntax={syntax}"
     parts: list[Part] = [({"Content-Type": part_type}, body) for body in bodies]
-    boundary = new_boundary()
     headers = cache_headers(request, etag([item], request.url.path, syntax))
+    boundary = multipart_boundary(headers)
     return StreamingResponse(write_parts(boundary, parts), headers=headers,
                              media_type=f'multipart/related; type="{kind}"; transfer-syntax={syntax}; '
                                         f"boundary={boundary}")

@@ -52,3 +52,13 @@ def not_modified(request: Request, headers: dict[str, str]) -> Response | None:
     if "*" in tags or headers["ETag"] in tags:
         return Response(status_code=304, headers=headers)
     return None
+
+
+def boundary(headers: dict[str, str]) -> str:
+    """A multipart boundary fixed by the answer's ETag, so that the same answer is the same bytes.
+
+    A strong entity tag promises byte-identical representations (RFC 9110 §8.8.1);
+    a random boundary per response would break that promise. 40 hex digits occur
+    in no image by accident any more than a random UUID does.
+    """
+    return "huren-" + headers["ETag"].strip('"')

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,10 +95,6 @@ class PartReader:
         assert self._file is not None
         self._file.close()
         self._file = None
-
-
-def new_boundary() -> str:
-    return uuid.uuid4().hex
 
 
 def write_parts(boundary: str, parts: Iterable[tuple[dict[str, str], Iterator[bytes]]]) -> Iterator[bytes]:

@@ -31,9 +31,10 @@ from archive.render import ENCODINGS, RenderError, Rendering, Viewport, parse, r
 from archive.retrieve import Located
 from dicomweb.accept import MULTIPART, ranked
 from dicomweb.bulkdata import frame_numbers
+from dicomweb.caching import boundary as multipart_boundary
 from dicomweb.caching import cache_headers, etag, not_modified
 from dicomweb.errors import DicomWebError
-from dicomweb.multipart import new_boundary, write_parts
+from dicomweb.multipart import write_parts
 from dicomweb.resources import located
 
 THUMBNAIL = Viewport(128, 128)
@@ -152,7 +153,7 @@ def _many(request: Request, found: list[Located], rendering: Rendering) -> Respo
 
 
 def _multipart(kind: str, headers: dict[str, str], bodies: Iterator[bytes]) -> Response:
-    boundary = new_boundary()
+    boundary = multipart_boundary(headers)
     parts = (({"Content-Type": kind}, iter((body,))) for body in bodies)
     return StreamingResponse(write_parts(boundary, parts), headers=headers,
                              media_type=f'{MULTIPART}; type="{kind}"; boundary={boundary}')

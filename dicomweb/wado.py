@@ -24,9 +24,10 @@ from archive.retrieve import Located, metadata
 from archive.storage import BlobNotFound, BlobStore, StoreUnavailable
 from archive.transcode import CannotTranscode, check, transcoded
 from dicomweb.accept import ranked
+from dicomweb.caching import boundary as multipart_boundary
 from dicomweb.caching import cache_headers, etag, not_modified
 from dicomweb.errors import DicomWebError
-from dicomweb.multipart import new_boundary, write_parts
+from dicomweb.multipart import write_parts
 from dicomweb.resources import located, visible_to
 from dicomweb.urls import root_url
 
@@ -40,8 +41,12 @@ def retrieve(request: Request) -> Response:
     syntax, single = _negotiate(request, found)
     if single and len(found) == 1:
         return single_part(request, found[0], syntax)
+    # A study or series grows as instances arrive: revalidate; one instance never changes.
+    headers = cache_headers(request, etag(found, "instances", syntax), immutable="instance" in request.path_params)
+    if (unchanged := not_modified(request, headers)) is not None:
+        return unchanged
     store = request.app.state.store
-    boundary = new_boundary()
+    boundary = multipart_boundary(headers)
     # The first object is opened before the 200 goes out: a store that cannot be
     # read is a 503 (a 500 when the object is missing), never a 200 cut short.
     first = _open(store, found[0])
@@ -66,7 +71,7 @@ def retrieve(request: Request) -> Response:
                    "Content-Length": str(len(body))}, iter((body,))
 
     return StreamingResponse(
-        write_parts(boundary, parts()),
+        write_parts(boundary, parts()), headers=headers,
         media_type=f'multipart/related; type="{DICOM}"; boundary={boundary}',
     )
 

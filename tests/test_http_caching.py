@@ -112,3 +112,20 @@ def test_private_when_access_is_enforced(tmp_path) -> None:
         assert "Authorization" in answer.headers["vary"]
     finally:
         server.stop()
+
+
+def test_multipart_instances_carry_validators(viewer: Viewer) -> None:
+    server, datasets = viewer
+    ct = datasets["ct"]
+    series = f"{server.dicomweb}/studies/{ct.StudyInstanceUID}/series/{ct.SeriesInstanceUID}"
+    first = httpx.get(series)
+    assert first.status_code == 200 and first.headers["cache-control"] == "public, no-cache"
+    assert httpx.get(series, headers={"If-None-Match": first.headers["etag"]}).status_code == 304
+    assert httpx.get(series).content == first.content  # the same answer, byte for byte, as its ETag says
+    study = httpx.get(f"{server.dicomweb}/studies/{ct.StudyInstanceUID}")
+    assert study.headers["etag"] != first.headers["etag"]
+    instance = httpx.get(server.dicomweb + path_of(ct))
+    assert "immutable" in instance.headers["cache-control"]
+    transcoded = httpx.get(series, headers={
+        "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.5'})
+    assert transcoded.headers["etag"] != first.headers["etag"]  # another syntax, another representation
