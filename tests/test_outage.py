@@ -154,7 +154,12 @@ def test_store_outage_during_cstore_and_stow(outage: str, seaweedfs: SeaweedFS, 
         started = time.monotonic()
         answer = retrieve(server, dcmread(before))
         assert answer.status_code == 503 and "store" in answer.json()["error"]
-        assert time.monotonic() - started < 10
+        old = dcmread(before)
+        answer = httpx.get(f"{server.dicomweb}/studies/{old.StudyInstanceUID}/series/{old.SeriesInstanceUID}"
+                           f"/instances/{old.SOPInstanceUID}/frames/1", timeout=30,
+                           headers={"Accept": 'multipart/related; type="application/octet-stream"'})
+        assert answer.status_code == 503 and "store unavailable" in answer.json()["error"]
+        assert time.monotonic() - started < 15
         # Not ready (reads of archived objects fail), the queue saying what it holds.
         probe = ready(server)
         assert probe.status_code == 503
