@@ -20,7 +20,7 @@ from PIL import Image
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
-from pydicom.pixels import get_decoder, get_encoder, pixel_array
+from pydicom.pixels import get_decoder, get_encoder
 from pydicom.uid import (
     UID,
     ExplicitVRLittleEndian,
@@ -178,18 +178,3 @@ def _mark_lossy(ds: Dataset, frames: list[bytes]) -> None:
     ds.LossyImageCompressionRatio = [f"{native / max(sum(map(len, frames)), 1):.2f}"]
     ds.LossyImageCompressionMethod = ["ISO_10918_1"]
 
-
-def transcoded_frames(chunks: Iterable[bytes], numbers: list[int], target: str) -> list[bytes]:
-    """Frames `numbers` (1-based, all in range) of the Part-10 object in `chunks` as `target` bitstreams.
-
-    Only the asked frames are decoded.
-
-    Raises
-    ------
-    CannotTranscode
-        If the pixel data does not suit `target`.
-    """
-    blob = b"".join(chunks)
-    described = Dataset()
-    frames = [pixel_array(BytesIO(blob), index=n - 1, ds_out=described) for n in numbers]
-    return [encoded_frame(frame, described, target) for frame in frames]

@@ -32,9 +32,17 @@ from pydicom.uid import (
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from archive.bulkdata import PIXEL_DATA, NoSuchBulkData, bulk_value, decoded_frames, frame_count, stored_frames
+from archive.bulkdata import (
+    PIXEL_DATA,
+    NoSuchBulkData,
+    bulk_value,
+    decoded_frames,
+    frame_arrays,
+    frame_count,
+    stored_frames,
+)
 from archive.retrieve import Located
-from archive.transcode import CannotTranscode, can_transcode, check, transcoded_frames
+from archive.transcode import CannotTranscode, can_transcode, check, encoded_frame
 from dicomweb.accept import not_acceptable, ranked
 from dicomweb.caching import boundary as multipart_boundary
 from dicomweb.caching import cache_headers, etag
@@ -94,7 +102,8 @@ def _pixels(request: Request, item: Located, numbers: list[int]) -> Response:
     if not all(1 <= n <= count for n in numbers):
         raise NoSuchBulkData(f"frame {max(numbers)} does not exist; the instance has {count} frame(s)")
     try:
-        bodies = transcoded_frames(store.read(item.blob_key), numbers, syntax)
+        header, arrays = frame_arrays(store, item, numbers)
+        bodies = [encoded_frame(frame, header, syntax) for frame in arrays]
     except CannotTranscode as exc:
         raise DicomWebError(406, str(exc), "accept") from None
     return _parts(MEDIA_TYPES[UID(syntax)], syntax, request, item, [iter((b,)) for b in bodies])

@@ -169,3 +169,8 @@ def test_on_s3_and_postgresql(any_huren: Huren) -> None:
         stored = next(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames") or 1)))
         kind = "image/jls" if ds.file_meta.TransferSyntaxUID == JPEGLSLossless else "image/dicom-rle"
         assert web.retrieve_instance_frames(*uids, [1], media_types=((kind, "*"),)) == [stored]
+        # Decoded from the last frame's own bytes, read by range (not the whole object).
+        count = int(ds.get("NumberOfFrames") or 1)
+        [native] = web.retrieve_instance_frames(*uids, [count], media_types=("application/octet-stream",))
+        last = ds.pixel_array if count == 1 else ds.pixel_array[-1]
+        assert native == last.astype(last.dtype.newbyteorder("<")).tobytes()
