@@ -96,7 +96,7 @@ def _archive(config: Config) -> Iterator[tuple[Database, BlobStore, Path] | None
     from archive.storage import open_store
     from huren import connections
 
-    db = Database(config.index.url, config.index.pool_size)
+    db = Database.open(config.index)  # with the index timeouts
     try:
         if found := connections.problems(config, db):
             for problem in found:
