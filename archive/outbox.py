@@ -76,10 +76,10 @@ class Outbox:
         self.enabled = settings.max_bytes > 0
         if self.enabled:
             self.folder.mkdir(parents=True, exist_ok=True)
-        # Puts run here so that a store that does not answer costs the sender `after`
-        # seconds, not the store's own timeouts; a put still running then is abandoned
-        # (the queue has the object) and ends by itself within those timeouts.
-        self._puts = ThreadPoolExecutor(16, thread_name_prefix="store-put")
+        # Puts (and reads' opening) run here so that a store that does not answer costs
+        # the caller `after` seconds, not the store's own timeouts; a call still running
+        # then is abandoned (the queue has the object) and ends within those timeouts.
+        self._calls = ThreadPoolExecutor(16, thread_name_prefix="store-call")
         self._lock = threading.Lock()
         self._down_until = 0.0    # time.monotonic(): until then the store is taken as down
         self._used: int | None = None
@@ -113,7 +113,7 @@ class Outbox:
         elif self.store_down():
             cause = "failed lately"
         else:
-            future = self._puts.submit(self.store.put, key, path, sha256)
+            future = self._calls.submit(self.store.put, key, path, sha256)
             try:
                 return future.result(timeout=self.settings.after)
             except TimeoutError:
@@ -211,10 +211,17 @@ class Outbox:
                     return read_chunks(handle, start, length, chunk_size)
             elif row is not None:
                 raise StoreUnavailable(f"not yet in the store: queued on {row.host}")
+        # Opened with the same deadline as a put: a store that does not answer is a prompt
+        # 503, not a wait as long as its timeouts and attempts (a minute or more).
+        opening = self._calls.submit(self.store.read, key, start, length, chunk_size)
         try:
-            return self.store.read(key, start, length, chunk_size)
+            return opening.result(timeout=self.settings.after)
         except BlobNotFound:
             raise
+        except TimeoutError:
+            opening.cancel()
+            self.mark_down()
+            raise StoreUnavailable(f"store unavailable: no answer within {self.settings.after:g} s") from None
         except Exception as exc:
             raise StoreUnavailable(f"store unavailable: {_summary(exc)}") from None
 
@@ -244,7 +251,7 @@ class Outbox:
         for start in range(0, len(due), REDRIVE_PARALLEL):
             claimed = self._claim(due[start:start + REDRIVE_PARALLEL], owner)
             started = time.monotonic()
-            uploads = [(item, self._puts.submit(self.store.put, item.blob_key, self.folder / item.file,
+            uploads = [(item, self._calls.submit(self.store.put, item.blob_key, self.folder / item.file,
                                                 item.sha256)) for item in claimed]
             finished, failures = [], []
             for item, future in uploads:
@@ -352,7 +359,7 @@ class Outbox:
         return len(orphans)
 
     def close(self) -> None:
-        self._puts.shutdown(wait=False, cancel_futures=True)
+        self._calls.shutdown(wait=False, cancel_futures=True)
 
 
 class QueueingStore:
