@@ -19,7 +19,8 @@ RUN sed -i 's/^  host: 127.0.0.1/  host: 0.0.0.0/' /etc/huren/huren.yaml \
     && useradd --system --home /var/lib/huren --create-home huren
 USER huren
 WORKDIR /var/lib/huren
-# The archive folder, the SQLite index and the receive folder (./var) live here.
+# The archive folder, the SQLite index, the receive folder and the outage queue (./var)
+# live here; the queue is kept across a new container (host name) on this volume.
 VOLUME /var/lib/huren
 EXPOSE 11112 8080 2762
 CMD ["huren", "serve", "--config", "/etc/huren/huren.yaml"]
