@@ -174,3 +174,16 @@ def test_on_s3_and_postgresql(any_huren: Huren) -> None:
         [native] = web.retrieve_instance_frames(*uids, [count], media_types=("application/octet-stream",))
         last = ds.pixel_array if count == 1 else ds.pixel_array[-1]
         assert native == last.astype(last.dtype.newbyteorder("<")).tobytes()
+
+
+def test_instance_in_implicit_little_endian(viewer: Viewer) -> None:
+    # dicomweb-client refuses to ask for Implicit VR; a plain HTTP client may.
+    server, datasets = viewer
+    ds = datasets["mr_jls"]
+    answer = httpx.get(server.dicomweb + path_of(ds),
+                       headers={"Accept": "application/dicom; transfer-syntax=1.2.840.10008.1.2"})
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "application/dicom; transfer-syntax=1.2.840.10008.1.2"
+    got = dcmread(BytesIO(answer.content))
+    assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2" and got.SOPInstanceUID == ds.SOPInstanceUID
+    assert np.array_equal(got.pixel_array, ds.pixel_array)
