@@ -241,7 +241,12 @@ def _finish_deletions(config: Config, db: Database) -> None:
     from archive.delete import Deleter
     from archive.storage import open_store
 
-    if cleared := Deleter(db, open_store(config)).resume():
+    try:
+        cleared = Deleter(db, open_store(config)).resume()
+    except Exception as exc:  # the journal keeps them; the next deletion or start tries again
+        log.warning("interrupted deletions left for later", extra={"error": str(exc)})
+        return
+    if cleared:
         log.info("interrupted deletions finished", extra={"objects": cleared})
 
 

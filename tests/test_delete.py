@@ -328,3 +328,22 @@ def test_huren_delete_command(tmp_path: Path) -> None:
     missing = huren("--study", target, "--yes")
     assert missing.returncode == 1 and "no study" in missing.stderr
     assert huren("--study", target, "--instance", "1.2.3").returncode == 2
+
+
+def test_serve_finishes_interrupted_deletions(tmp_path: Path) -> None:
+    archive = Archive(f"sqlite:///{tmp_path / 'index.db'}", tmp_path)  # the folder and index huren_config names
+    stored = archive.add(instance())
+
+    def store_down(key: str) -> None:
+        raise OSError("the store does not answer")
+
+    archive.store.delete = store_down
+    Deleter(archive.db, archive.store).delete(stored.study_uid)
+    assert count(archive, deletions) == 1 and len(list((tmp_path / "archive").rglob("*.dcm"))) == 1
+    server = _server(tmp_path)
+    try:
+        assert count(archive, deletions) == 0
+        assert not list((tmp_path / "archive").rglob("*.dcm"))
+    finally:
+        server.stop()
+        archive.db.dispose()
