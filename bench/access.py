@@ -12,7 +12,8 @@ its exam item's result (one in ten, drawn at random, fails), carrying the mark i
 assessments give it (``item_mark``): JJJHR for Beijing's and half of the other 三级甲等 hospitals, a city
 mark (BJHR, TJHR, HEHR) for most others, none for most primary hospitals. Then 300 shares (a fifth expired or revoked),
 and one CT ingested and judged as C-STORE would, whose thin series has 300 instances. Patient names
-are redrawn over the 25 commonest surnames (about 12 % ZHANG) in the index columns only.
+are redrawn over the 25 commonest surnames (about 12 % ZHANG) in the index columns only (their pinyin
+column too, for the fuzzy matching row).
 
 Timed are the queries of a QIDO-RS worklist, each through ``archive.index.query.search`` with the
 caller's ``visible(config, caller)`` built per request as ``dicomweb.resources.visible_to`` does, and
@@ -42,6 +43,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import suppress
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +176,7 @@ def spread(db: Database, config: Config, rng: random.Random) -> None:
     with db.writing() as conn:
         conn.execute(update(patients).where(patients.c.pk == bindparam("b_pk")).values(
             name_alphabetic=bindparam("b_alphabetic"), name_ideographic=bindparam("b_ideographic"),
-            patient_name=bindparam("b_name")), [
+            name_pinyin=bindparam("b_alphabetic"), patient_name=bindparam("b_name")), [
             {"b_pk": pk, "b_alphabetic": f"{pinyin}^{given[0]}", "b_ideographic": f"{hanzi}^{given[1]}",
              "b_name": f"{pinyin}^{given[0]}={hanzi}^{given[1]}"}
             for pk, (pinyin, hanzi, _w), given in zip(patient_pks, names, rng.choices(GIVEN, k=len(names)))])
@@ -245,6 +247,8 @@ def worklist(study_uid: str, ct_uid: str, series_uid: str) -> dict[str, Query]:
     return {
         "/studies?limit=100": studies_matching(100),
         "/studies?PatientName=ZHANG*&limit=100": studies_matching(100, PatientName="ZHANG*"),
+        "/studies?PatientName=zhang*&fuzzymatching=true&limit=100": replace(
+            studies_matching(100, PatientName="zhang*"), fuzzy=True),
         f"/studies?StudyDate={'-'.join(STUDY_DATES)}&limit=100": studies_matching(100, StudyDate="-".join(STUDY_DATES)),
         "/studies?StudyInstanceUID={uid}": studies_matching(CAP, StudyInstanceUID=study_uid),
         "/studies/{uid}/series": Query(Level.SERIES, {}, set(), limit=CAP + 1, study_uid=study_uid),
