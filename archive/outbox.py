@@ -126,6 +126,7 @@ class Outbox:
         return self._enqueue(key, path, sha256, cause)
 
     def store_down(self) -> bool:
+        """Whether the store failed lately (ingest then queues without trying it)."""
         return time.monotonic() < self._down_until
 
     def mark_down(self) -> None:
