@@ -31,6 +31,7 @@ COMPOUND_SURNAMES = frozenset((
     "宇文", "司徒", "端木", "轩辕", "独孤", "南宫", "万俟", "闻人", "澹台", "申屠", "呼延", "钟离",
 ))
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef]")
+_HAN_RUN = re.compile(_HAN.pattern + "+")
 
 
 def normalise(value: str) -> str:
@@ -90,6 +91,11 @@ def query_pinyin(value: str) -> str:
     if _HAN.search(value):
         if "^" not in value and "*" not in value and "?" not in value:
             return pinyin(value)
+        if "^" not in value:
+            # With wildcards (*王小东*, as a viewer sends what was typed) where the surname ends is
+            # unknown: each Han run's syllables may have anything between them, ^ included.
+            value = _HAN_RUN.sub(lambda run: "*".join(lazy_pinyin(run.group())), value)
+            return normalise(re.sub(r"\*+", "*", value.upper()))
         family, _, given = value.partition("^")
         value = "^".join(filter(None, (SURNAME_READINGS.get(family) or _spell(family), _spell(given))))
     value = re.sub(r"[\s\-']", "", value.upper())

@@ -73,6 +73,10 @@ def test_pinyin_of_names() -> None:
     assert names.query_pinyin("wang xiaodong") == "WANG^XIAODONG"
     assert names.query_pinyin("Lyu*") == "LV*"
     assert names.query_pinyin("王晓东") == "WANG^XIAODONG"  # a homophone
+    # Typed into a viewer's search box: wildcards round it and no ^ says where the surname ends.
+    assert names.query_pinyin("*王小东*") == "*WANG*XIAO*DONG*"
+    assert names.query_pinyin("王小?") == "WANG*XIAO?"
+    assert names.query_pinyin("王^小*") == "WANG^XIAO*"
 
 
 @pytest.mark.parametrize(("charset", "name"), CHINESE)
@@ -82,7 +86,7 @@ def test_fuzzy_pinyin_finds_chinese_names(archive: Archive, charset: str, name: 
     other = instance(PatientName="WANGER^ANNA", PatientID="P0002")
     archive.add(other)
     mine = {ds.StudyInstanceUID}
-    for query in ("wang^*", "WANG^XIAO*", "wang xiaodong", "Wang^Xiao-Dong", "王晓东", "*xiaodong"):
+    for query in ("wang^*", "WANG^XIAO*", "wang xiaodong", "Wang^Xiao-Dong", "王晓东", "*xiaodong", "*王小东*"):
         assert study_uids(find(archive, fuzzy=True, PatientName=query)) == mine, query
     # Without fuzzy matching only the groups as written match.
     assert study_uids(find(archive, PatientName="wang^*")) == (mine if charset == "GB18030" else set())
