@@ -308,3 +308,21 @@ def test_malformed_pdus_leave_the_server_answering(server: Huren, tmp_path: Path
     finally:
         db.dispose()
     assert os.path.exists(server.log)
+
+
+def test_a_pdu_longer_than_we_accept_ends_the_connection_unread(server: Huren) -> None:
+    assert server.process is not None
+    rss = _rss_kib(server.process.pid)
+    chunk = b"\0" * 1024**2
+    sent = 0
+    with socket.create_connection(("127.0.0.1", server.dicom_port), timeout=10) as sock:
+        try:  # an association request declaring 300 MiB, then the bytes to fill it
+            sock.sendall(struct.pack(">BBL", 0x01, 0, 300 * 1024**2))
+            while sent < 250:
+                sock.sendall(chunk)
+                sent += 1
+        except OSError:
+            pass  # hung up on: what should happen
+    assert sent < 250, "the server read on"
+    assert _rss_kib(server.process.pid) - rss < 64 * 1024
+    assert _echo(server) == ""
