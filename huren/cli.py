@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         return audit.run(args, config)
     if args.command == "delete":
         return delete.run(args, config)
-    if args.command in ("verify", "reindex"):
+    if args.command in ("verify", "repair", "reindex"):
         return verify.run(args, config)
     if args.command == "guideline":
         from huren import guideline

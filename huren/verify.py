@@ -1,5 +1,5 @@
-"""``huren verify [--repair] [--quick]`` and ``huren reindex``: the index against the
-store, with progress bars (see :mod:`archive.verify` and :mod:`archive.reindex`)."""
+"""``huren verify [--repair] [--quick]`` (``huren repair`` is ``verify --repair``) and ``huren reindex``:
+the index against the store, with progress bars (see :mod:`archive.verify` and :mod:`archive.reindex`)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     verify.add_argument("--repair", action="store_true", help="fix what can be fixed, say what cannot")
     verify.add_argument("--quick", action="store_true",
                         help="compare sizes only, without reading every object for its SHA-256")
+    repair = commands.add_parser("repair", help="verify, then fix what can be fixed (huren verify --repair)")
+    repair.add_argument("--config", default="conf/huren.yaml", help="YAML configuration file")
+    repair.add_argument("--quick", action="store_true",
+                        help="compare sizes only, without reading every object for its SHA-256")
+    repair.set_defaults(repair=True)
     reindex = commands.add_parser("reindex", help="rebuild the whole index from the bucket into an empty database")
     reindex.add_argument("--config", default="conf/huren.yaml", help="YAML configuration file")
 

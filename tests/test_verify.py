@@ -209,3 +209,18 @@ def test_reindex_from_the_bucket_alone_answers_qido_as_before(
         assert {path: _qido(server, path) for path in paths} == before
     finally:
         server.stop()
+
+
+def test_huren_repair_is_verify_with_repairs(tmp_path: Path) -> None:
+    config = huren_config(tmp_path, sweep={"orphan_grace": 0})
+    (tmp_path / "huren.yaml").write_text(yaml.safe_dump(config))
+    orphan = instance()
+    key = f"{orphan.StudyInstanceUID}/{orphan.SeriesInstanceUID}/{orphan.SOPInstanceUID}.dcm"
+    store = FilesystemStore(Path(config["storage"]["path"]))
+    _put(store, key, write(orphan, tmp_path / "orphan.dcm").read_bytes(), tmp_path)
+    found = _huren("verify", config=tmp_path / "huren.yaml")
+    assert found.returncode == 1 and f"orphan object (no index row): {key}" in found.stdout, found.stdout
+    assert "run with --repair" in found.stdout
+    repaired = _huren("repair", config=tmp_path / "huren.yaml")
+    assert repaired.returncode == 0 and "repaired: " in repaired.stdout, repaired.stdout + repaired.stderr
+    assert _huren("verify", config=tmp_path / "huren.yaml").returncode == 0
