@@ -213,6 +213,8 @@ class IndexConfig(Section):
     # statement (PostgreSQL's statement_timeout; SQLite's wait for its write lock).
     connect_timeout: float = Field(5.0, gt=0)
     statement_timeout: float = Field(60.0, gt=0)
+    # Attempts at a new PostgreSQL connection, all within connect_timeout (a server restarting).
+    connect_attempts: int = Field(3, ge=1)
 
     @field_validator("url")
     @classmethod

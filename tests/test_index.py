@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,7 @@ from pydicom import dcmread
 from pydicom.uid import MRImageStorage, generate_uid
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from archive.index.database import Database
 from archive.index.query import Level, Query, QueryError, search
@@ -294,3 +298,38 @@ def test_an_index_that_does_not_answer_is_out_of_resources_with_a_reason(postgre
     assert caught.value.failure is Failure.OUT_OF_RESOURCES
     assert str(caught.value).startswith("index unavailable: ")
     archive.db.dispose()
+
+
+@pytest.mark.parametrize(("attempts", "within", "expected"), [(3, 5.0, 3), (1, 5.0, 1), (5, 0.3, 2)])
+def test_a_failed_postgresql_connection_is_tried_again_within_the_bound(
+        attempts: int, within: float, expected: int) -> None:
+    """A server that hangs up on every new connection (as one restarting does): tried `attempts`
+    times at most, and no longer than `within` seconds, then the driver's error."""
+    accepted = []
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(0.1)
+        stop = threading.Event()
+
+        def hang_up() -> None:
+            while not stop.is_set():
+                try:
+                    connection, _ = server.accept()
+                except TimeoutError:
+                    continue
+                accepted.append(time.monotonic())
+                connection.close()
+
+        thread = threading.Thread(target=hang_up)
+        thread.start()
+        db = Database(f"postgresql+psycopg://nobody@127.0.0.1:{server.getsockname()[1]}/none"
+                      "?sslmode=disable&gssencmode=disable", connect_timeout=within, connect_attempts=attempts)
+        started = time.monotonic()
+        try:
+            with pytest.raises(OperationalError):
+                db.engine.connect()
+            elapsed = time.monotonic() - started
+        finally:
+            db.dispose()
+            stop.set()
+            thread.join()
+    assert len(accepted) == expected and elapsed < within

@@ -10,6 +10,7 @@ sleeping, up to 100 ms a turn, where a lock hands over at once.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -28,12 +29,14 @@ class Database:
     """The index database; one per process, safe to share between threads."""
 
     def __init__(self, url: str, pool_size: int = 8, *, connect_timeout: float = 5.0,
-                 statement_timeout: float = 60.0) -> None:
+                 statement_timeout: float = 60.0, connect_attempts: int = 3) -> None:
         """Open the index at `url`; every wait is bounded.
 
         `connect_timeout` bounds the wait for a pooled connection and for PostgreSQL's
         answer to a new one; `statement_timeout` bounds one statement on PostgreSQL
-        and SQLite's wait for its write lock.
+        and SQLite's wait for its write lock. A new PostgreSQL connection that fails
+        is tried again, `connect_attempts` times in all, while the attempts fit in
+        `connect_timeout`: a server restarting is waited for, briefly.
         """
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
@@ -58,12 +61,13 @@ class Database:
                     "keepalives_count": 3,
                 },
             )
+            _bounded_connect_attempts(self.engine, connect_attempts, connect_timeout)
 
     @classmethod
     def open(cls, index: IndexConfig) -> Database:
         """The index an ``index`` configuration section names, with its timeouts."""
         return cls(index.url, index.pool_size, connect_timeout=index.connect_timeout,
-                   statement_timeout=index.statement_timeout)
+                   statement_timeout=index.statement_timeout, connect_attempts=index.connect_attempts)
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision (Alembic ``upgrade head``)."""
@@ -90,6 +94,21 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _bounded_connect_attempts(engine: Engine, attempts: int, within: float) -> None:
+    """Connect up to `attempts` times, waiting a little longer before each, all within `within` seconds."""
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect, _record, cargs, cparams):
+        deadline = time.monotonic() + within
+        for attempt in range(1, attempts + 1):
+            try:
+                return dialect.connect(*cargs, **cparams)
+            except dialect.loaded_dbapi.OperationalError:
+                pause = 0.25 * attempt
+                if attempt == attempts or time.monotonic() + pause >= deadline:
+                    raise
+                time.sleep(pause)
 
 
 def _sqlite_pragmas(engine: Engine, busy_timeout: float) -> None:
