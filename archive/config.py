@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import yaml
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -154,7 +155,7 @@ class OutageQueue(Section):
     """The outage queue: objects the blob store did not take within ``after``
     seconds wait here, durably, and are uploaded in the background.
 
-    Not the receive folder (``ingest.spool``, swept at start): what is here was
+    Not the receive folder (``ingest.receive_folder``, swept at start): what is here was
     acknowledged and must survive restarts. Put it on the same disk as the
     receive folder, so queueing is a link, not a copy.
     """
@@ -230,8 +231,9 @@ class IngestConfig(Section):
     # A different object arriving under a SOP Instance UID already archived:
     # keep the first, replace it, or reject the newcomer.
     on_conflict: Literal["keep", "replace", "reject"] = "reject"
-    # Received objects are written here before they are archived.
-    spool: Path = Path("./var/spool")
+    # Received objects (C-STORE data sets, STOW-RS parts) are written here until archived or refused;
+    # "spool", its name before the outage queue existed, is still read.
+    receive_folder: Path = Field(Path("./var/receive"), validation_alias=AliasChoices("receive_folder", "spool"))
 
 
 class SweepConfig(Section):

@@ -129,7 +129,7 @@ def run(config: Config, log_level: str = "INFO") -> int:
     # wrong one stops the start here, named.
     http_context = server_context(config.http.tls) if config.http.tls else None
     dicom_context = server_context(config.dicom.tls) if config.dicom.tls else None
-    spool = config.ingest.spool.resolve()
+    spool = config.ingest.receive_folder.resolve()
     spool.mkdir(parents=True, exist_ok=True)
     # Each process receives into a folder of its own (archive.receiving); those of ended processes go.
     sweep_receive(spool)

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
             return 1
         from archive.sweep import Sweeper
 
-        sweeper = Sweeper(db, store, config.ingest.spool, work, upload_age=config.sweep.upload_age,
+        sweeper = Sweeper(db, store, config.ingest.receive_folder, work, upload_age=config.sweep.upload_age,
                           orphan_grace=config.sweep.orphan_grace)
         repairs = repair(db, store, report, sweeper)
         for line in repairs.fixed:
@@ -108,7 +108,7 @@ def _archive(config: Config) -> Iterator[tuple[Database, BlobStore, Path] | None
                 print(f"huren: {problem}", file=sys.stderr)
             yield None
             return
-        folder = ReceiveFolder(config.ingest.spool.resolve())
+        folder = ReceiveFolder(config.ingest.receive_folder.resolve())
         try:
             yield db, open_store(config), folder.path
         finally:

@@ -144,7 +144,7 @@ def huren_config(workdir: Path, *, storage: dict[str, Any] | None = None,
         "http": {"host": "127.0.0.1", "port": free_port(), "dicomweb_root": "/dicom-web"},
         "storage": storage or {"backend": "filesystem", "path": str(workdir / "archive")},
         "index": {"url": index_url or f"sqlite:///{workdir / 'index.db'}"},
-        "ingest": {"spool": str(workdir / "spool")},
+        "ingest": {"receive_folder": str(workdir / "spool")},
     }
     for name, values in sections.items():
         if isinstance(values, dict):

@@ -36,6 +36,14 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
     assert config.ingest.on_conflict == "reject"
 
 
+def test_the_receive_folder_by_its_name_and_its_former_one(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "")).ingest.receive_folder == Path("./var/receive")
+    for key in ("receive_folder", "spool"):
+        assert load_config(write(tmp_path, f"ingest: {{{key}: /srv/in}}\n")).ingest.receive_folder == Path("/srv/in")
+    with pytest.raises(ConfigError, match="ingest.queue"):
+        load_config(write(tmp_path, "ingest: {queue: /srv/in}\n"))
+
+
 def test_s3_section(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, "storage: {backend: s3, bucket: scans, prefix: /pilot/}\n"))
     assert isinstance(config.storage, S3Storage)

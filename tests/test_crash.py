@@ -36,7 +36,7 @@ def test_kill_during_large_store(any_huren: Huren, tmp_path: Path) -> None:
         [dcmtk("storescu"), "-aec", any_huren.ae_title, "127.0.0.1", str(any_huren.dicom_port), str(big)],
         env=dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    spool = Path(any_huren.config["ingest"]["spool"])
+    spool = Path(any_huren.config["ingest"]["receive_folder"])
     deadline = time.monotonic() + 60
     while _spooled_bytes(spool) < 40 * 1024**2 and time.monotonic() < deadline and sender.poll() is None:
         time.sleep(0.01)

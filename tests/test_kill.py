@@ -75,7 +75,7 @@ def _uploads(config: dict[str, Any]) -> list[Any]:
 def _after_restart(server: Huren) -> None:
     """Restart, let the start-up sweep run, and check that nothing leaked."""
     server.start()
-    spool = Path(server.config["ingest"]["spool"])
+    spool = Path(server.config["ingest"]["receive_folder"])
     _until(lambda: not _uploads(server.config), 15, "incomplete multipart uploads aborted")
     path = server.workdir / "huren.yaml"
     checked = _until(lambda: (done := subprocess.run(
@@ -92,7 +92,7 @@ def test_kill_while_receiving(backends: dict[str, Any], tmp_path: Path) -> None:
     server = Huren(tmp_path, huren_config(tmp_path, sweep=SWEEP, **backends)).start()
     big = write(instance(rows=1024, columns=1024, frames=60), tmp_path / "big.dcm")  # 120 MiB
     sender = _send(server, big)
-    spool = Path(server.config["ingest"]["spool"])
+    spool = Path(server.config["ingest"]["receive_folder"])
     _until(lambda: _received_bytes(spool) > 20 * 1024**2 or sender.poll() is not None, 60, "half received")
     assert sender.poll() is None, "received whole before the kill"
     server.stop(signal.SIGKILL)
