@@ -322,10 +322,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.access", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="5,000 studies, 5 runs")
     parser.add_argument("--studies", type=int, help="studies in the index (100000)")
-    parser.add_argument("--runs", type=int, help="timed rounds after the warm-up (25)")
+    parser.add_argument("--runs", type=int, help="timed rounds after the warm-up (100)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # clean up, as on Ctrl-C
-    count, runs = args.studies or (5000 if args.quick else 100_000), args.runs or (5 if args.quick else 25)
+    count, runs = args.studies or (5000 if args.quick else 100_000), args.runs or (5 if args.quick else 100)
     work, started = Path(tempfile.mkdtemp(prefix="huren-access-")), time.perf_counter()
     try:
         config = regional_config(work)
