@@ -343,7 +343,7 @@ class Outbox:
         here = {e.name: _stat(e).st_mtime for e in os.scandir(self.folder)
                 if e.is_file() and not e.name.endswith(PART_SUFFIX)}
         with self.db.reading() as conn:
-            rows = dict(conn.execute(select(queued_objects.c.file, queued_objects.c.host)).tuples().all())
+            rows = dict(conn.execute(select(queued_objects.c.file, queued_objects.c.host)).all())
         moved = [name for name, host in rows.items() if host != self.host and name in here]
         if moved:
             with self.db.writing() as conn:
