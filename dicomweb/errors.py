@@ -28,3 +28,10 @@ async def store_unavailable(request: Request, exc: Exception) -> Response:
     """A blob store that failed or gave no answer before the response began: 503."""
     return JSONResponse({"error": f"{exc}; try again later", "status": 503}, status_code=503,
                         headers={"Retry-After": "30"})
+
+
+def warning_header(text: str) -> str:
+    """An HTTP ``Warning`` value saying `text` (code 299, RFC 7234 §5.5; PS3.18 §8.10.3), its
+    quoted string kept to printable ASCII without quotes, as a header must be."""
+    quoted = "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in text)
+    return f'299 huren "{quoted}"'

@@ -29,13 +29,13 @@ from archive.index.query import (
     search,
     unsupported,
 )
-from dicomweb.errors import DicomWebError
+from dicomweb.errors import DicomWebError, warning_header
 from dicomweb.resources import audit, visible_to
 from dicomweb.urls import root_url
 
 CONTROL = {"limit", "offset", "includefield", "fuzzymatching"}
-TRUNCATED = ('299 huren "The number of results exceeded the maximum supported by the server. '
-             'Additional results can be requested."')
+TRUNCATED = warning_header("The number of results exceeded the maximum supported by the server. "
+                    "Additional results can be requested.")
 
 
 FUZZY_NAMES = {parse_attribute("PatientName")}  # person names matched fuzzily, the others literally
@@ -90,14 +90,14 @@ def parse_query(request: Request, level: Level) -> tuple[Query, list[str]]:
         query.matches[tag] = value
     warnings = []
     if ignored:
-        warnings.append(f'299 huren "The following attributes are not supported for matching: '
-                        f'{", ".join(ignored)}"')
+        warnings.append(warning_header("The following attributes are not supported for matching: "
+                                       + ", ".join(ignored)))
     literal = [keyword_for_tag(tag) for tag, value in query.matches.items()
                if query.fuzzy and value not in ("", "*") and tag not in FUZZY_NAMES and _is_name(tag)]
     if literal:
         # PS3.18 §8.3.4.1: fuzzy matching asked for but not performed is said in a Warning.
-        warnings.append(f'299 huren "Fuzzy matching is not supported for {", ".join(literal)}; '
-                        f'only literal matching has been performed on it"')
+        warnings.append(warning_header(f"Fuzzy matching is not supported for {', '.join(literal)}; "
+                                       "only literal matching has been performed on it"))
     return query, warnings
 
 

@@ -30,7 +30,7 @@ from starlette.responses import Response
 
 from archive.ingest import Failure, Ingest, IngestError, Outcome, Source, Stored
 from dicomweb import stowjson
-from dicomweb.errors import DicomWebError
+from dicomweb.errors import DicomWebError, warning_header
 from dicomweb.multipart import Part, PartReader, media_type
 from dicomweb.resources import audit, caller
 from dicomweb.urls import root_url
@@ -180,7 +180,7 @@ def _answer(results: list[Result], root: str, study: str | None) -> Response:
             }
             if warning is not None:
                 item["00081196"] = {"vr": "US", "Value": [warning[0]]}
-                reasons.append(f'299 huren "{_quoted(outcome.sop_uid)}: {_quoted(warning[1])}"')
+                reasons.append(warning_header(f"{outcome.sop_uid}: {warning[1]}"))
             referenced.append(item)
         else:
             item = {"00081197": {"vr": "US", "Value": [outcome.failure.value]}}
@@ -190,7 +190,7 @@ def _answer(results: list[Result], root: str, study: str | None) -> Response:
                 item["00081155"] = {"vr": "UI", "Value": [outcome.sop_uid]}
             failed.append(item)
             named = outcome.sop_uid or "(no SOP Instance UID)"
-            reasons.append(f'299 huren "{_quoted(named)}: {_quoted(str(outcome))}"')
+            reasons.append(warning_header(f"{named}: {outcome}"))
     body: dict[str, object] = {}
     studies = {o.study_uid for o in outcomes if isinstance(o, Stored)}
     if study or len(studies) == 1:
@@ -208,11 +208,7 @@ def _answer(results: list[Result], root: str, study: str | None) -> Response:
         # The reason in a Warning header (PS3.18 §8.10.3): the body is a DICOM data set.
         reason = str(next(o for o in outcomes if isinstance(o, IngestError)))
         status, headers = 503, {"Retry-After": str(RETRY_AFTER),
-                                "Warning": f'299 huren "{_quoted(reason)}"'}
+                                "Warning": warning_header(reason)}
     return Response(orjson.dumps(body), status_code=status, headers=headers,
                     media_type="application/dicom+json")
 
-
-def _quoted(text: str) -> str:
-    """`text` fit for a quoted-string header value (printable ASCII, no quotes)."""
-    return "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in text)
