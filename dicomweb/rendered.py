@@ -26,9 +26,10 @@ from collections.abc import Iterator
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from archive.bulkdata import NoSuchBulkData, frame_count
-from archive.render import ENCODINGS, RenderError, Rendering, Viewport, parse, render
+from archive.bulkdata import NoSuchBulkData, frame_arrays, frame_count
+from archive.render import ENCODINGS, RenderError, Rendering, Viewport, encode, parse, picture, render
 from archive.retrieve import Located
+from archive.storage import BlobStore
 from dicomweb.accept import MULTIPART, ranked
 from dicomweb.bulkdata import frame_numbers
 from dicomweb.caching import boundary as multipart_boundary
@@ -87,9 +88,12 @@ def rendered(request: Request) -> Response:
     headers = cache_headers(request, etag([item], request.url.path, kind, rendering))
     if (unchanged := not_modified(request, headers)) is not None:
         return unchanged
+    if kind != "image/gif":  # stills: each frame read alone
+        shown = numbers or [1]
+        if len(shown) > 1:
+            return _multipart(kind, headers, (_still(store, item, n, rendering, kind) for n in shown))
+        return Response(_still(store, item, shown[0], rendering, kind), media_type=kind, headers=headers)
     blob = b"".join(store.read(item.blob_key))
-    if numbers is not None and len(numbers) > 1 and kind != "image/gif":
-        return _multipart(kind, headers, (_render(blob, [n], rendering, kind, item) for n in numbers))
     return Response(_render(blob, numbers, rendering, kind, item), media_type=kind, headers=headers)
 
 
@@ -122,7 +126,7 @@ def thumbnail(request: Request) -> Response:
     key = headers["ETag"]
     body = cache.get(key)
     if body is None:
-        body = _render(b"".join(store.read(item.blob_key)), [frame], rendering, kind, item)
+        body = _still(store, item, frame, rendering, kind)
         cache.put(key, body)
     return Response(body, media_type=kind, headers=headers)
 
@@ -159,12 +163,29 @@ def _multipart(kind: str, headers: dict[str, str], bodies: Iterator[bytes]) -> R
                              media_type=f'{MULTIPART}; type="{kind}"; boundary={boundary}')
 
 
+def _still(store: BlobStore, item: Located, frame: int, rendering: Rendering, kind: str) -> bytes:
+    """One frame as a still picture. A compressed frame indexed at ingest is read alone (header and
+    fragments by range), not with the rest of a multi-frame object."""
+    try:
+        header, [pixels] = frame_arrays(store, item, [frame])
+        return encode([picture(pixels, header, rendering, frame)], kind, rendering.quality, header)
+    except RenderError as exc:
+        raise _refused(exc, item) from None
+    except (AttributeError, KeyError, NotImplementedError, ValueError) as exc:
+        raise _refused(RenderError(f"the instance has no image to render ({exc})"), item) from None
+
+
 def _render(blob: bytes, frames: list[int] | None, rendering: Rendering, kind: str, item: Located) -> bytes:
     try:
         return render(blob, frames, rendering, kind)
     except RenderError as exc:
-        log.info("not rendered: %s", exc, extra={"study": item.study_uid, "sop": item.sop_uid})
-        raise DicomWebError(406 if exc.parameter is None else 400, str(exc), exc.parameter or "accept") from None
+        raise _refused(exc, item) from None
+
+
+def _refused(exc: RenderError, item: Located) -> DicomWebError:
+    """The answer to a picture that cannot be made: 400 naming a bad parameter, else 406."""
+    log.info("not rendered: %s", exc, extra={"study": item.study_uid, "sop": item.sop_uid})
+    return DicomWebError(406 if exc.parameter is None else 400, str(exc), exc.parameter or "accept")
 
 
 def _rendering(request: Request) -> Rendering:

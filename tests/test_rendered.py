@@ -9,19 +9,26 @@ from __future__ import annotations
 
 import copy
 from io import BytesIO
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from dicomweb_client.api import DICOMwebClient
 from PIL import Image
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
+from starlette.testclient import TestClient
 
-from archive.render import parse, render
+from archive.config import Config
+from archive.guideline.compliance import Compliance
+from archive.render import Rendering, parse, render
+from archive.storage.filesystem import FilesystemStore
+from dicomweb.app import build_app
 from dicomweb.rendered import Thumbnails
 from tests import viewing
-from tests.conftest import Huren
+from tests.conftest import Archive, Huren, audit_trail
 from tests.viewing import parts, path_of, study_of
 
 Viewer = tuple[Huren, dict[str, Dataset]]
@@ -229,3 +236,29 @@ def test_on_s3_and_postgresql(any_huren: Huren) -> None:
         "requestType": "WADO", "studyUID": mr.StudyInstanceUID, "seriesUID": mr.SeriesInstanceUID,
         "objectUID": mr.SOPInstanceUID, "contentType": "image/png"})
     assert link.status_code == 200 and picture(link.content).shape == (mr.Rows, mr.Columns)
+
+
+def test_one_frame_of_a_compressed_multi_frame_is_read_alone(tmp_path: Path) -> None:
+    """A still of frame 20 of 30 reads the header and that frame's fragments, not the whole object,
+    and is the picture the whole object gives."""
+    class Counting(FilesystemStore):
+        def read(self, key, start=0, length=None, **kw):
+            for chunk in super().read(key, start, length, **kw):
+                self.bytes_read += len(chunk)
+                yield chunk
+
+    archive = Archive(f"sqlite:///{tmp_path / 'index.db'}", tmp_path)
+    source = get_testdata_file("examples_ybr_color.dcm")
+    stored = archive.add(path=Path(source))
+    store = Counting(tmp_path / "archive")
+    store.bytes_read = 0
+    config = Config()
+    with TestClient(build_app(config, archive.db, store, archive.ingest, tmp_path / "spool",
+                              Compliance(archive.db, config), audit_trail(archive.db))) as client:
+        answer = client.get(f"/dicom-web/studies/{stored.study_uid}/series/{stored.series_uid}/instances/"
+                            f"{stored.sop_uid}/frames/20/rendered", headers={"Accept": "image/png"})
+    assert answer.status_code == 200, answer.text
+    size = Path(source).stat().st_size
+    assert 0 < store.bytes_read < size / 5
+    whole = render(Path(source).read_bytes(), [20], Rendering(), "image/png")
+    assert np.array_equal(picture(answer.content), picture(whole))
