@@ -16,7 +16,6 @@ overwrites the same key. Success is answered only after 3.
 from __future__ import annotations
 
 import enum
-import hashlib
 import logging
 import os
 import time
@@ -34,6 +33,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from archive.config import OutageQueue
+from archive.digests import file_digests
 from archive.header import InstanceHeader, UnreadableInstance, read_header
 from archive.index.database import Database
 from archive.index.schema import instances, patients, series, series_requests, studies
@@ -127,13 +127,15 @@ class Ingest:
         self.observers: list[Callable[[Source, Stored | IngestError, int, float], None]] = []
 
     def ingest(self, path: Path, source: Source, *, expected_study: str | None = None,
-               check_meta: bool = False) -> Stored:
+               check_meta: bool = False, digests: tuple[str, str] | None = None) -> Stored:
         """Archive the complete Part-10 file at `path`, which this call consumes.
 
         `expected_study` refuses instances of another study (STOW-RS on
         ``/studies/{uid}``). `check_meta` refuses a dataset whose SOP Instance
         UID differs from the file meta's (C-STORE: the meta comes from the
-        request's Affected SOP Instance UID).
+        request's Affected SOP Instance UID). `digests` are the file's and its data
+        set's SHA-256 (:class:`archive.digests.Digests`) when the receiver took them
+        as it wrote the file; otherwise the file is read to take them.
 
         Raises
         ------
@@ -143,7 +145,7 @@ class Ingest:
         started, size = time.perf_counter(), _size(path)
         result: Stored | IngestError | None = None
         try:
-            result = self._ingest(path, source, expected_study, check_meta)
+            result = self._ingest(path, source, expected_study, check_meta, digests)
             return result
         except DBAPIError as exc:
             # Before anything was stored (after, _ingest reports it itself): the sender retries.
@@ -163,8 +165,8 @@ class Ingest:
                     observe(source, result, size, time.perf_counter() - started)
 
     def _ingest(self, path: Path, source: Source, expected_study: str | None,
-                check_meta: bool) -> Stored:
-        sha256, dataset_sha256 = file_digests(path)
+                check_meta: bool, digests: tuple[str, str] | None) -> Stored:
+        sha256, dataset_sha256 = digests or file_digests(path)
         try:
             header = read_header(path)
         except UnreadableInstance as exc:
@@ -374,41 +376,6 @@ def _size(path: Path) -> int:
         return os.stat(path).st_size
     except OSError:
         return 0  # refused as unreadable; its size does not matter
-
-
-def file_sha256(path: Path) -> str:
-    """The SHA-256 of a file's bytes, as hex."""
-    return file_digests(path)[0]
-
-
-def file_digests(path: Path) -> tuple[str, str]:
-    """The SHA-256 of a Part-10 file's bytes, and of its data set alone, in one read.
-
-    The first checks the object in the store. The second tells whether two
-    files hold the same instance: C-STORE and STOW-RS (and different senders)
-    write different file meta information (PS3.10 §7.1) around the same data
-    set. A file whose meta group has no group length is hashed whole for both.
-    """
-    whole, dataset = hashlib.sha256(), hashlib.sha256()
-    start: int | None = None
-    position = 0
-    with open(path, "rb") as handle:
-        while block := handle.read(1024 * 1024):
-            if start is None:
-                start = _dataset_offset(block)
-            whole.update(block)
-            if position + len(block) > start:
-                dataset.update(block[max(start - position, 0):])
-            position += len(block)
-    return whole.hexdigest(), dataset.hexdigest()
-
-
-def _dataset_offset(head: bytes) -> int:
-    """Where the data set starts: after the preamble, ``DICM`` and the group
-    length's worth of meta elements (PS3.10 §7.1: (0002,0000) UL comes first)."""
-    if head[128:132] != b"DICM" or head[132:138] != b"\x02\x00\x00\x00UL":
-        return 0
-    return 144 + int.from_bytes(head[140:144], "little")
 
 
 def first_line(exc: Exception) -> str:

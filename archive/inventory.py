@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from archive.ingest import file_sha256
+from archive.digests import file_sha256
 from archive.storage import BlobNotFound, BlobStore
 from archive.storage.filesystem import PART_SUFFIX, FilesystemStore
 from archive.storage.s3 import S3Store

@@ -31,8 +31,8 @@ def check(paths: list[str], rule_sets: tuple[RuleSet, ...], *, as_json: bool, la
 
     0 when no study fails, 1 when any fails, 2 when nothing readable was found.
     """
+    from archive.digests import file_sha256
     from archive.header import UnreadableInstance, read_header
-    from archive.ingest import file_sha256
 
     missing = [name for name in paths if not Path(name).exists()]
     if missing:
