@@ -304,36 +304,47 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def memory_mib(pid: int) -> float:
-    """Memory of `pid` and its descendants now: the sum of their PSS, in MiB.
+def memory_by_process(pid: int) -> dict[int, float]:
+    """Memory of `pid` and each of its descendants now: their PSS, in MiB, by process id.
 
     PSS (proportional set size) counts a page shared by n processes as 1/n in
     each, so forked workers that share their code are not counted n times over,
     as summed RSS would count them.
     """
-    total_kib = 0
+    sizes: dict[int, float] = {}
     for member in process_tree(pid):
         try:
             for line in Path(f"/proc/{member}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
-                    total_kib += int(line.split()[1])
-        except OSError:
+                    sizes[member] = int(line.split()[1]) / 1024
+        except OSError:  # it exited since the tree was read
             pass
-    return total_kib / 1024
+    return sizes
+
+
+def memory_mib(pid: int) -> float:
+    """Memory of `pid` and its descendants now: the sum of their PSS, in MiB."""
+    return sum(memory_by_process(pid).values())
 
 
 class MemoryWatch(threading.Thread):
-    """Samples :func:`memory_mib` of a server every `interval` seconds and keeps the peak."""
+    """Samples the PSS of a server's processes every `interval` seconds and keeps the peak.
+
+    `peak` is the highest sum seen; `at_peak` is each process's share of it (MiB by pid).
+    """
 
     def __init__(self, pid: int, interval: float = 0.25) -> None:
         super().__init__(name=f"memory-{pid}", daemon=True)
         self.pid, self.interval = pid, interval
         self.peak = 0.0
+        self.at_peak: dict[int, float] = {}
         self.stopped = threading.Event()
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval):
-            self.peak = max(self.peak, memory_mib(self.pid))
+            sizes = memory_by_process(self.pid)
+            if sum(sizes.values()) > self.peak:
+                self.peak, self.at_peak = sum(sizes.values()), sizes
 
 
 class Server:
