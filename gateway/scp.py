@@ -16,18 +16,18 @@ import threading
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom import _config as pynetdicom_config
-from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import ThreadedAssociationServer
 
 from archive.audit import AuditEvent, AuditTrail
 from archive.config import Config
 from archive.ingest import Ingest
 from archive.policy import Caller
 from gateway.access import allowed_calling_aes, association_caller, hospital_of
-from gateway.store import handle_store
+from gateway.reactor import EventRequests
+from gateway.store import digest_received_files, handle_store
 from gateway.tls import certificate_name, handshake, tls_hospital
 
 log = logging.getLogger("huren.dimse")
@@ -62,40 +62,6 @@ class _SharedContext(PresentationContext):
         twin = cls.__new__(cls)
         vars(twin).update(vars(context))
         return twin
-
-
-# The longest PDU a peer may send us: a P-DATA-TF within the maximum length we announce
-# (dicom.max_pdu, PS3.8 §9.3.1 and D.1), or an association request, which even with a
-# hundred presentation contexts stays far below a MiB.
-ASSOCIATION_PDU_BYTES = 1024 * 1024
-
-
-class BoundedRequests(RequestHandler):
-    """Accepts an association whose PDUs may not be longer than we accept.
-
-    pynetdicom reads each PDU whole into memory, as long as its header says
-    (up to 4 GiB), before it looks at it: one peer could make the server hold
-    gigabytes. A PDU longer than the limit ends the connection before its
-    body is read, as a transport failure (PS3.8 state machine event 17).
-    """
-
-    def _create_association(self) -> Association:
-        assoc = super()._create_association()
-        transport = assoc.dul.socket
-        assert transport is not None
-        limit = max(self.ae.maximum_pdu_size, ASSOCIATION_PDU_BYTES)
-        receive = transport.recv
-
-        def bounded(nr_bytes: int) -> bytearray:
-            if nr_bytes > limit:
-                log.warning("association aborted: a PDU longer than we accept", extra={
-                    "peer": f"{self.client_address[0]}:{self.client_address[1]}", "length": nr_bytes,
-                    "limit": limit})
-                raise OSError(f"a PDU of {nr_bytes} bytes is longer than the {limit} we accept")
-            return receive(nr_bytes)
-
-        transport.recv = bounded  # type: ignore[method-assign]
-        return assoc
 
 
 class NoDelayServer(ThreadedAssociationServer):
@@ -150,8 +116,12 @@ class NoDelayServer(ThreadedAssociationServer):
 
 def build_ae(config: Config) -> AE:
     """The application entity, with the contexts and limits the configuration sets."""
-    # Stream each received dataset to a file instead of memory.
+    # Stream each received dataset to a file instead of memory, hashed as it is written.
     pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
+    digest_received_files()
+    # pynetdicom's own handlers narrate every PDU and DIMSE message at DEBUG and INFO,
+    # which huren.logs drops (the "pynetdicom" logger is at WARNING): not bound, they cost nothing.
+    pynetdicom_config.LOG_HANDLER_LEVEL = "none"
     ae = AE(ae_title=config.dicom.ae_title)
     ae.maximum_pdu_size = config.dicom.max_pdu
     ae.network_timeout = config.dicom.network_timeout
@@ -182,7 +152,7 @@ def start(config: Config, ingest: Ingest, trail: AuditTrail, listen_socket: sock
     ]
     server = ae.make_server(listen_socket.getsockname()[:2], evt_handlers=handlers,
                             server_class=NoDelayServer, listen_socket=listen_socket, ssl_context=ssl_context,
-                            request_handler=BoundedRequests)
+                            request_handler=EventRequests)
     threading.Thread(target=server.serve_forever, name="dimse", daemon=True).start()
     log.info("DIMSE listening" if ssl_context is None else "DIMSE over TLS listening",
              extra={"ae": config.dicom.ae_title, "port": server.server_address[1]})
