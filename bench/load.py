@@ -129,7 +129,8 @@ class Study:
     sop_uids: frozenset[str]
 
     @property
-    def bytes(self) -> int:
+    def size(self) -> int:
+        """Bytes of its Part-10 files."""
         return sum(path.stat().st_size for path in self.files)
 
 
@@ -161,7 +162,7 @@ def generate(root: Path, settings: Settings) -> tuple[Study, list[Study]]:
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
-    """The nearest-rank `q`-th percentile: the smallest sample at or above q% of them."""
+    """The nearest-rank `q`-th percentile: the smallest sample that q% of the samples do not exceed."""
     ordered = sorted(samples)
     return ordered[max(math.ceil(q / 100 * len(ordered)) - 1, 0)]
 
@@ -180,10 +181,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 def machine_busy_seconds() -> float:
-    """CPU time all cores have spent not idle since boot (the first line of /proc/stat)."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]  # idle and iowait
-    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # guest time is already in user
+    """CPU time all cores have spent running something since boot (the first line of /proc/stat)."""
+    user, nice, system, _idle, _iowait, irq, softirq = (
+        int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- the senders
@@ -292,7 +293,7 @@ class Radiologist(threading.Thread):
                     self.worklist(client)
                     if self.stop.is_set():
                         break
-                    self.open(client, self.stored.study_uid, self.stored.series_uid, self.stored.bytes)
+                    self.open(client, self.stored.study_uid, self.stored.series_uid, self.stored.size)
                     if self.stop.is_set():
                         break
                     listed = self.worklist(client)
@@ -364,7 +365,7 @@ def load(server: run.Server, stored: Study, arriving: list[Study], settings: Set
     instances = sum(len(study.files) for study in arriving)
     values = result.values
     values["ips"] = instances / seconds
-    values["mbs"] = sum(study.bytes for study in arriving) / run.MB / seconds
+    values["mbs"] = sum(study.size for study in arriving) / run.MB / seconds
     values["store_p50"], values["store_p99"] = (percentile(times, q) * 1000 for q in (50, 99))
     values["cpu_per_instance"] = cpu / instances * 1000
     values["server_cores"], values["machine_cores"] = cpu / wall, busy / wall
