@@ -2,7 +2,7 @@
 
 Run from the repository root, with the project's virtual environment::
 
-    .venv/bin/python -m bench.load                # 3 rounds of 8 x 300 slices, about 6 minutes
+    .venv/bin/python -m bench.load                # 3 rounds of 8 x 300 slices, about 5 minutes
     .venv/bin/python -m bench.load --quick        # 1 round of 8 x 100 slices, about 1 minute
     .venv/bin/python -m bench.load --only huren   # one server only
 
