@@ -27,7 +27,9 @@ relies on changes (see ``docs/pynetdicom-event-driven.md``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
 import selectors
 import socket
@@ -114,6 +116,30 @@ class EventAssociation(Association):
         pynetdicom's loop, turn for turn, with a wait on :attr:`_arrived` (bounded by
         the network timeout) where it slept 1 ms.
         """
+        try:
+            self._serve()
+        finally:
+            # When another thread ended the association (release() or abort() from outside the
+            # reactor), the DUL may still be sending its last PDU: pynetdicom's run_reactor closes
+            # the socket as soon as this returns. (pynetdicom's own 1 ms sleep hid that race.)
+            if self.dul.is_alive():
+                self.dul.join(self.acse_timeout)
+            self._discard_partial_data_set()
+
+    def _discard_partial_data_set(self) -> None:
+        """Remove the file of a C-STORE data set the association ended in the middle of.
+
+        pynetdicom leaves it open in the receive folder; nothing else would read it.
+        Only once the DUL, which writes it, has ended.
+        """
+        message = self.dimse.message
+        written = getattr(message, "_data_set_file", None) if message is not None else None
+        if written is not None and not self.dul.is_alive():
+            written.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(written.name)
+
+    def _serve(self) -> None:
         self._is_paused = False
         busy = True
         while not self._kill:
