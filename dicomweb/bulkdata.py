@@ -49,6 +49,7 @@ from dicomweb.caching import cache_headers, etag
 from dicomweb.errors import DicomWebError
 from dicomweb.multipart import write_parts
 from dicomweb.resources import located
+from dicomweb.streaming import in_threads
 
 OCTETS = "application/octet-stream"
 NATIVE = "1.2.840.10008.1.2.1"  # what octet-stream frames are encoded as (PS3.18 §8.7.3.3.2)
@@ -179,6 +180,6 @@ def _parts(kind: str, syntax: str, request: Request, item: Located, bodies: list
     parts: list[Part] = [({"Content-Type": part_type}, body) for body in bodies]
     headers = cache_headers(request, etag([item], request.url.path, syntax))
     boundary = multipart_boundary(headers)
-    return StreamingResponse(write_parts(boundary, parts), headers=headers,
+    return StreamingResponse(in_threads(write_parts(boundary, parts)), headers=headers,
                              media_type=f'multipart/related; type="{kind}"; transfer-syntax={syntax}; '
                                         f"boundary={boundary}")

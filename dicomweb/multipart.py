@@ -97,13 +97,25 @@ class PartReader:
         self._file = None
 
 
+def part_head(boundary: str, headers: dict[str, str]) -> bytes:
+    """The delimiter line and headers that open a part (RFC 2046 §5.1.1)."""
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return f"--{boundary}\r\n{head}\r\n".encode("latin-1")
+
+
 def write_parts(boundary: str, parts: Iterable[tuple[dict[str, str], Iterator[bytes]]]) -> Iterator[bytes]:
     """Yield a multipart body: each part's headers, then its chunks as they come."""
-    dash = f"--{boundary}".encode()
     for headers, chunks in parts:
-        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-        yield dash + b"\r\n" + head.encode("latin-1") + b"\r\n"
+        yield part_head(boundary, headers)
         yield from chunks
         yield b"\r\n"
-    yield dash + b"--\r\n"
+    yield f"--{boundary}--\r\n".encode()
 
+
+def body_length(boundary: str, parts: Iterable[tuple[dict[str, str], int]]) -> int:
+    """The length of the body :func:`write_parts` writes for parts of these headers and sizes.
+
+    Known before any object is read when each part is sent as stored, so the
+    answer can carry a ``Content-Length`` instead of being chunked.
+    """
+    return sum(len(part_head(boundary, headers)) + size + 2 for headers, size in parts) + len(boundary) + 6

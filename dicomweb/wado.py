@@ -27,8 +27,9 @@ from dicomweb.accept import ranked
 from dicomweb.caching import boundary as multipart_boundary
 from dicomweb.caching import cache_headers, etag, not_modified
 from dicomweb.errors import DicomWebError
-from dicomweb.multipart import write_parts
+from dicomweb.multipart import body_length, write_parts
 from dicomweb.resources import located, visible_to
+from dicomweb.streaming import BATCH, in_threads
 from dicomweb.urls import root_url
 
 DICOM = "application/dicom"
@@ -47,17 +48,20 @@ def retrieve(request: Request) -> Response:
         return unchanged
     store = request.app.state.store
     boundary = multipart_boundary(headers)
+    as_stored = syntax in ("*", None) or all(item.transfer_syntax == syntax for item in found)
     # The first object is opened before the 200 goes out: a store that cannot be
     # read is a 503 (a 500 when the object is missing), never a 200 cut short.
     first = _open(store, found[0])
+
+    def stored_headers(item: Located) -> dict[str, str]:
+        return {"Content-Type": f"{DICOM}; transfer-syntax={item.transfer_syntax}",
+                "Content-Length": str(item.size)}
 
     def parts() -> Iterator[tuple[dict[str, str], Iterator[bytes]]]:
         for n, item in enumerate(found):
             chunks = _midstream(store, item, first if n == 0 else None)
             if syntax in ("*", None) or syntax == item.transfer_syntax:
-                headers = {"Content-Type": f"{DICOM}; transfer-syntax={item.transfer_syntax}",
-                           "Content-Length": str(item.size)}
-                yield headers, chunks
+                yield stored_headers(item), chunks
                 continue
             try:
                 body = transcoded(chunks, syntax)
@@ -70,17 +74,21 @@ def retrieve(request: Request) -> Response:
             yield {"Content-Type": f"{DICOM}; transfer-syntax={syntax}",
                    "Content-Length": str(len(body))}, iter((body,))
 
+    if as_stored:
+        # Every size is in the index: a Content-Length, so no chunked framing to copy each object into.
+        headers["Content-Length"] = str(body_length(boundary, ((stored_headers(i), i.size) for i in found)))
     return StreamingResponse(
-        write_parts(boundary, parts()), headers=headers,
+        in_threads(write_parts(boundary, parts())), headers=headers,
         media_type=f'multipart/related; type="{DICOM}"; boundary={boundary}',
     )
 
 
-def _open(store: BlobStore, item: Located, start: int = 0, length: int | None = None) -> Iterator[bytes]:
-    """Open an instance's object (from `start`, `length` bytes); 500 when the index has
-    it and the store does not, 503 when the store does not answer."""
+def _open(store: BlobStore, item: Located, start: int = 0, length: int | None = None,
+          chunk_size: int = BATCH) -> Iterator[bytes]:
+    """Open an instance's object (from `start`, `length` bytes) for reads of `chunk_size`;
+    500 when the index has it and the store does not, 503 when the store does not answer."""
     try:
-        return store.read(item.blob_key, start, length)
+        return store.read(item.blob_key, start, length, chunk_size)
     except BlobNotFound:
         log.error("index/store disagreement: the object of an indexed instance is missing",
                   extra={"study": item.study_uid, "series": item.series_uid, "sop": item.sop_uid,
@@ -96,7 +104,7 @@ def _midstream(store: BlobStore, item: Located, opened: Iterator[bytes] | None) 
     logged as an index/store disagreement and raised on, so the server aborts the
     response (the client sees a broken transfer, never a short 200)."""
     try:
-        yield from opened if opened is not None else store.read(item.blob_key)
+        yield from opened if opened is not None else store.read(item.blob_key, chunk_size=BATCH)
     except Exception as exc:
         log.error("index/store disagreement: an object failed mid-response; response aborted",
                   extra={"study": item.study_uid, "series": item.series_uid, "sop": item.sop_uid,
@@ -193,11 +201,11 @@ def single_part(request: Request, item: Located, syntax: str | None) -> Response
     span = _span(wanted, size) if wanted and if_range in (None, headers["ETag"]) else None
     if span is None:
         chunks = _midstream(store, item, _open(store, item)) if body is None else iter((body,))
-        return StreamingResponse(chunks, headers=headers | {"Content-Length": str(size)})
+        return StreamingResponse(in_threads(chunks), headers=headers | {"Content-Length": str(size)})
     start, length = span
     chunks = (_midstream(store, item, _open(store, item, start, length)) if body is None
               else iter((body[start:start + length],)))
-    return StreamingResponse(chunks, status_code=206, headers=headers | {
+    return StreamingResponse(in_threads(chunks), status_code=206, headers=headers | {
         "Content-Length": str(length), "Content-Range": f"bytes {start}-{start + length - 1}/{size}"})
 
 
