@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -330,7 +331,8 @@ class Config(Section):
     sweep: SweepConfig = SweepConfig()
     delete: DeleteConfig = DeleteConfig()
     #: Processes that serve DICOM and HTTP together; one uses one CPU core.
-    workers: int = Field(1, ge=1, le=64)
+    #: ``auto``: one per core this process may run on.
+    workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = "auto"
 
     _rule_sets: tuple[RuleSet, ...] = PrivateAttr(default=())
 
@@ -338,6 +340,13 @@ class Config(Section):
     def rule_sets(self) -> tuple[RuleSet, ...]:
         """The loaded ``guideline.rule_sets`` (empty unless read by :func:`load_config`)."""
         return self._rule_sets
+
+    @property
+    def worker_count(self) -> int:
+        """The number of serving processes ``workers`` asks for."""
+        if self.workers == "auto":
+            return max(1, min(64, len(os.sched_getaffinity(0))))
+        return self.workers
 
     @property
     def access_enforced(self) -> bool:

@@ -2,15 +2,25 @@
 
 Order of work, which is what makes a crash harmless:
 
-1. the received file is hashed and its header parsed (nothing written yet);
+1. the received file is hashed (as it arrived, or now) and its header parsed,
+   and one query finds what the index holds of the instance, its study and
+   its series (nothing written yet);
 2. the object is put in the blob store, durably, under its final key — or,
    when the store fails or takes longer than ``storage.queue.after``, in the
    outage queue (:mod:`archive.outbox`), durably, to be uploaded later;
-3. the index rows are committed (with the queue's row when queued).
+3. the index rows are committed (with the queue's row when queued), in a
+   commit shared with the instances arriving meanwhile
+   (:mod:`archive.index.groupcommit`).
 
 A crash before 3 leaves no index row, so the instance is not visible and the
 sender, having had no success status, sends it again; the second put simply
 overwrites the same key. Success is answered only after 3.
+
+The disk flushes that remain per instance, each needed for that promise: the
+object's file (its bytes), its folder (the rename that names it), the folders
+above a series folder this process has not seen before, and the index commit
+(SQLite's WAL, PostgreSQL's log), which group commit shares. The received
+file is never flushed: until step 3 a crash may lose it.
 """
 
 from __future__ import annotations
@@ -22,12 +32,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from pynetdicom import AllStoragePresentationContexts
-from sqlalchemy import Insert, Table, select, update
+from sqlalchemy import Connection, Insert, Select, Table, and_, bindparam, func, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -36,6 +47,7 @@ from archive.config import OutageQueue
 from archive.digests import file_digests
 from archive.header import InstanceHeader, UnreadableInstance, read_header
 from archive.index.database import Database
+from archive.index.groupcommit import GroupCommit
 from archive.index.schema import instances, patients, series, series_requests, studies
 from archive.outbox import Outbox, Queued, QueueFull
 from archive.storage import BlobStore, StoreUnavailable, instance_key
@@ -86,6 +98,21 @@ class _Misplaced(Exception):
         self.failure = failure
 
 
+class Known(NamedTuple):
+    """What the index holds of an arriving instance, its study and its series
+    (``None`` where it holds nothing)."""
+
+    instance_pk: int | None
+    sha256: str | None
+    dataset_sha256: str | None
+    blob_key: str | None
+    study_pk: int | None
+    owner: str | None            # the study's hospital
+    series_pk: int | None
+    series_study_pk: int | None  # the study the series is filed under
+    requests_found: int          # how many of the instance's requested procedures the series has
+
+
 class Outcome(enum.Enum):
     STORED = "stored"
     DUPLICATE = "duplicate"      # the same bytes again: nothing written
@@ -123,6 +150,13 @@ class Ingest:
         self.on_conflict = on_conflict
         self.outbox = Outbox(db, store, queue or OutageQueue(max_bytes=0))
         self._upserts = _upserts(db.is_sqlite)
+        self._look_ups: dict[int, Select] = {}  # by the number of requested procedures
+        self._study_touch = (
+            update(studies).where(studies.c.pk == bindparam("study_pk"))
+            .values(updated_at=bindparam("touched_at"), revision=studies.c.revision + 1, judge_pending=True)
+            .returning(studies.c.hospital_id)
+        )
+        self.commits = GroupCommit(db)
         # Told of every ingest's source, result, file size and seconds taken (metrics).
         self.observers: list[Callable[[Source, Stored | IngestError, int, float], None]] = []
 
@@ -184,7 +218,8 @@ class Ingest:
             raise IngestError(Failure.STUDY_MISMATCH,
                               f"instance belongs to study {header.study_uid}, not {expected_study}", **ids)
 
-        existing = self._existing(header.sop_uid)
+        known = self._look_up(header)
+        existing = known if known.instance_pk is not None else None
         if existing is not None:
             if _same(existing, sha256, dataset_sha256):
                 return self._result(Outcome.DUPLICATE, header)
@@ -197,10 +232,15 @@ class Ingest:
                                   f"a different instance with SOP Instance UID {header.sop_uid} "
                                   "is already archived", **ids)
 
-        if self._owned_elsewhere(header.study_uid, source.hospital_id):
+        # Refused before the put (and checked again on commit), so that a refused
+        # object never overwrites a stored one.
+        if source.hospital_id is not None and known.owner not in (None, source.hospital_id):
             log.warning("instance refused: study of another hospital", extra=_log_fields(header, source))
             raise IngestError(Failure.STUDY_OF_ANOTHER_HOSPITAL,
                               f"study {header.study_uid} belongs to another hospital", **ids)
+        if known.series_study_pk is not None and known.series_study_pk != known.study_pk:
+            log.warning("instance refused: series_of_another_study", extra=_log_fields(header, source))
+            raise IngestError(Failure.SERIES_OF_ANOTHER_STUDY, self._misfiled(header), **ids)
         key = instance_key(header.study_uid, header.series_uid, header.sop_uid)
         # A new version of an object still queued queues behind it, so versions reach the store in order.
         behind = existing is not None and self.outbox.enabled and self._queued(key)
@@ -232,7 +272,8 @@ class Ingest:
             "received_at": datetime.now(UTC),
         }
         try:
-            superseded = self._index(header, source, row, replace=existing is not None, queued=queued)
+            superseded = self.commits.write(partial(self._index, header, source, row, known,
+                                                    replace=existing is not None, queued=queued))
         except _Misplaced as exc:
             if queued is not None:
                 self.outbox.discard(queued.file)
@@ -241,8 +282,7 @@ class Ingest:
                 self.store.delete(key)
             log.warning("instance refused: %s", exc.failure.name.lower(), extra=_log_fields(header, source))
             if exc.failure is Failure.SERIES_OF_ANOTHER_STUDY:
-                message = (f"Series Instance UID {header.series_uid} belongs to study "
-                           f"{self._study_of_series(header.series_uid)}, not {header.study_uid}")
+                message = self._misfiled(header)
             else:
                 message = f"study {header.study_uid} belongs to another hospital"
             raise IngestError(exc.failure, message, **ids) from None
@@ -250,8 +290,8 @@ class Ingest:
             # Another association archived the same SOP Instance UID a moment ago.
             if queued is not None:
                 self.outbox.discard(queued.file)
-            again = self._existing(header.sop_uid)
-            if again is not None and _same(again, sha256, dataset_sha256):
+            again = self._look_up(header)
+            if again.instance_pk is not None and _same(again, sha256, dataset_sha256):
                 return self._result(Outcome.DUPLICATE, header)
             raise IngestError(Failure.PROCESSING_FAILURE,
                               f"SOP Instance UID {header.sop_uid} was archived concurrently", **ids) from None
@@ -264,8 +304,8 @@ class Ingest:
                               **ids) from None
         if superseded is not None:
             self.outbox.discard(superseded)
-        if existing is not None and existing.blob_key != key:
-            self.store.delete(existing.blob_key)
+        if existing is not None and existing.blob_key not in (None, key):
+            self.store.delete(str(existing.blob_key))
         outcome = Outcome.REPLACED if existing is not None else Outcome.STORED
         log.info("instance %s%s", outcome.value, " (queued: not yet in the store)" if queued else "",
                  extra=_log_fields(header, source, size=placed.size))
@@ -275,67 +315,99 @@ class Ingest:
         with self.db.reading() as conn:
             return self.outbox.held(conn, key) is not None
 
-    def _existing(self, sop_uid: str):
+    def _look_up(self, header: InstanceHeader) -> Known:
+        """What the index holds of the instance, its study and its series, in one query."""
+        statement = self._look_ups.get(len(header.requests))
+        if statement is None:
+            statement = self._look_ups.setdefault(len(header.requests), _look_up(len(header.requests)))
+        values = {"sop_uid": header.sop_uid, "study_uid": header.study_uid, "series_uid": header.series_uid}
+        for i, (procedure, step, accession) in enumerate(header.requests):
+            values |= {f"procedure_{i}": procedure, f"step_{i}": step, f"accession_{i}": accession}
         with self.db.reading() as conn:
-            return conn.execute(
-                select(instances.c.pk, instances.c.sha256, instances.c.dataset_sha256, instances.c.blob_key)
-                .where(instances.c.sop_uid == sop_uid)
-            ).first()
+            row = conn.execute(statement, values).one()
+        return Known(*row)
 
-    def _owned_elsewhere(self, study_uid: str, hospital_id: str | None) -> bool:
-        """Whether the study is archived as another hospital's (checked again on commit,
-        but first here, so that a refused object never overwrites a stored one)."""
-        if hospital_id is None:
-            return False
+    def _misfiled(self, header: InstanceHeader) -> str:
         with self.db.reading() as conn:
-            owner = conn.execute(
-                select(studies.c.hospital_id).where(studies.c.study_uid == study_uid)
-            ).scalar_one_or_none()
-        return owner not in (None, hospital_id)
-
-    def _study_of_series(self, series_uid: str) -> str:
-        with self.db.reading() as conn:
-            return conn.execute(
+            study_uid = conn.execute(
                 select(studies.c.study_uid).join(series, series.c.study_pk == studies.c.pk)
-                .where(series.c.series_uid == series_uid)
+                .where(series.c.series_uid == header.series_uid)
             ).scalar_one_or_none() or "?"
+        return f"Series Instance UID {header.series_uid} belongs to study {study_uid}, not {header.study_uid}"
 
-    def _index(self, header: InstanceHeader, source: Source, row: dict, *, replace: bool,
-               queued: Queued | None = None) -> str | None:
-        """Commit the instance's rows (and its queue row); returns the queue file of a
-        version this one supersedes, to remove now that nothing points at it."""
+    def _index(self, header: InstanceHeader, source: Source, row: dict, known: Known, conn: Connection, *,
+               replace: bool, queued: Queued | None = None) -> str | None:
+        """Write the instance's rows (and its queue row) in `conn`'s transaction; returns
+        the queue file of a version this one supersedes, to remove once committed.
+
+        When the look-up found the study and the series (every instance of a series
+        but the first), two statements: the study's revision, the instance's row.
+        """
         now = row["received_at"]
-        patient = dict(header.patient)
-        patient["id_scope"] = patient.pop("issuer") or source.hospital_id or ""
-        with self.db.writing() as conn:
+        owner_hospital = None
+        if known.series_pk is not None and known.series_study_pk == known.study_pk:
+            # The study may have been deleted since the look-up: then it is written anew below.
+            owner_hospital = conn.execute(self._study_touch, {"study_pk": known.study_pk, "touched_at": now}).first()
+        if owner_hospital is not None:
+            series_pk = known.series_pk
+            owner_hospital = owner_hospital[0]
+        else:
+            patient = dict(header.patient)
+            patient["id_scope"] = patient.pop("issuer") or source.hospital_id or ""
             patient_pk = conn.execute(self._upserts[patients], patient).scalar_one()
             study_pk, owner_hospital = conn.execute(self._upserts[studies], {
                 "study_uid": header.study_uid, "patient_pk": patient_pk,
                 "hospital_id": source.hospital_id, "created_at": now, "updated_at": now,
                 "revision": 1, "judge_pending": True, **header.study,
             }).one()
-            if source.hospital_id is not None and owner_hospital not in (None, source.hospital_id):
-                raise _Misplaced(Failure.STUDY_OF_ANOTHER_HOSPITAL)
             series_pk, owner = conn.execute(self._upserts[series], {
                 "series_uid": header.series_uid, "study_pk": study_pk, **header.series,
             }).one()
             if owner != study_pk:
                 raise _Misplaced(Failure.SERIES_OF_ANOTHER_STUDY)
-            row = {**row, "series_pk": series_pk}
-            if header.requests:
-                conn.execute(self._upserts[series_requests], [
-                    {"series_pk": series_pk, "requested_procedure_id": procedure,
-                     "scheduled_procedure_step_id": step, "accession_number": accession}
-                    for procedure, step, accession in header.requests])
-            if replace:
-                conn.execute(update(instances).where(instances.c.sop_uid == header.sop_uid).values(row))
-            else:
-                conn.execute(instances.insert(), row)
-            return None if queued is None else self.outbox.add_row(conn, queued)
+        if source.hospital_id is not None and owner_hospital not in (None, source.hospital_id):
+            raise _Misplaced(Failure.STUDY_OF_ANOTHER_HOSPITAL)
+        row = {**row, "series_pk": series_pk}
+        if header.requests and known.requests_found < len(header.requests):
+            conn.execute(self._upserts[series_requests], [
+                {"series_pk": series_pk, "requested_procedure_id": procedure,
+                 "scheduled_procedure_step_id": step, "accession_number": accession}
+                for procedure, step, accession in header.requests])
+        if replace:
+            conn.execute(update(instances).where(instances.c.sop_uid == header.sop_uid).values(row))
+        else:
+            conn.execute(instances.insert(), row)
+        return None if queued is None else self.outbox.add_row(conn, queued)
 
     @staticmethod
     def _result(outcome: Outcome, header: InstanceHeader) -> Stored:
         return Stored(outcome, header.sop_class_uid, header.sop_uid, header.study_uid, header.series_uid)
+
+
+def _look_up(requests: int) -> Select:
+    """The query behind :class:`Known`: each table joined on its unique UID to one
+    row, so that what is missing comes back as ``NULL`` and the query as one row.
+    `requests` is the number of (procedure, step, accession) triples to count."""
+    one = select(literal(1).label("one")).subquery()
+    found: Any = literal(0)
+    if requests:
+        found = (
+            select(func.count()).select_from(series_requests)
+            .where(series_requests.c.series_pk == series.c.pk, or_(*(
+                and_(series_requests.c.requested_procedure_id == bindparam(f"procedure_{i}"),
+                     series_requests.c.scheduled_procedure_step_id == bindparam(f"step_{i}"),
+                     series_requests.c.accession_number == bindparam(f"accession_{i}"))
+                for i in range(requests))))
+            .correlate(series).scalar_subquery()
+        )
+    return (
+        select(instances.c.pk, instances.c.sha256, instances.c.dataset_sha256, instances.c.blob_key,
+               studies.c.pk, studies.c.hospital_id, series.c.pk, series.c.study_pk, found)
+        .select_from(one
+                     .outerjoin(instances, instances.c.sop_uid == bindparam("sop_uid"))
+                     .outerjoin(studies, studies.c.study_uid == bindparam("study_uid"))
+                     .outerjoin(series, series.c.series_uid == bindparam("series_uid")))
+    )
 
 
 def _upserts(is_sqlite: bool) -> dict[Table, Insert]:

@@ -3,7 +3,8 @@
 Counted as they happen, in every serving process: instances and bytes
 archived by door and hospital, ingest latency, refusals by status, and index
 and store errors met while archiving (:func:`observe`, an observer of
-:class:`archive.ingest.Ingest`). Read from the index at each scrape, so
+:class:`archive.ingest.Ingest`), and instances per index commit
+(:func:`observe_commit`: above one when group commit batches them). Read from the index at each scrape, so
 they are the same whichever process answers: the outage queue's depth, bytes
 and oldest item per machine, and the judging backlog.
 
@@ -48,6 +49,9 @@ LATENCY = Histogram("huren_ingest_seconds", "Seconds from a received file to its
                     ["door"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
 FAILURES = Counter("huren_ingest_failures_total", "Instances refused, by DIMSE status (= STOW-RS FailureReason)",
                    ["door", "hospital", "status"])
+COMMIT_WRITES = Histogram("huren_index_commit_instances",
+                          "Instances written to the index per commit (several when they arrive together)",
+                          buckets=(1, 2, 4, 8, 16, 32, 64))
 BACKEND_ERRORS = Counter("huren_backend_errors_total",
                          "Instances refused because the index or the blob store failed", ["backend"])
 
@@ -67,6 +71,12 @@ def observe(source: Source, result: Stored | IngestError, size: int, seconds: fl
     if result.failure is Failure.OUT_OF_RESOURCES:
         # The ingest's messages lead with what failed (archive.ingest, archive.outbox).
         BACKEND_ERRORS.labels("index" if str(result).startswith("index") else "store").inc()
+
+
+def observe_commit(writes: int) -> None:
+    """Count one index commit of `writes` instances (an
+    :attr:`archive.index.groupcommit.GroupCommit.observers` callback)."""
+    COMMIT_WRITES.observe(writes)
 
 
 class IndexCollector(Collector):

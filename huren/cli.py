@@ -149,11 +149,11 @@ def run(config: Config, log_level: str = "INFO") -> int:
     metrics_folder = ReceiveFolder(spool, kind="metrics")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_folder.path)
     try:
-        if config.workers == 1:
+        if config.worker_count == 1:
             _serve(config, spool, db, dimse_socket, http_socket, tls_door, http_context)
             return 0
         db.dispose()  # each worker opens its own connections
-        return workers.supervise(config.workers, lambda _slot: _serve(
+        return workers.supervise(config.worker_count, lambda _slot: _serve(
             config, spool, Database.open(config.index), dimse_socket, http_socket,
             tls_door, http_context,
         ))
@@ -188,6 +188,7 @@ def _serve(config: Config, spool: Path, db: Database, dimse_socket: socket.socke
 
     ingest = Ingest(db, open_store(config), config.ingest.on_conflict, config.storage.queue)
     ingest.observers.append(metrics.observe)
+    ingest.commits.observers.append(metrics.observe_commit)
     # Reads find objects in the outage queue until they are in the store.
     store = QueueingStore(ingest.outbox)
     redrive = RedriveLoop(ingest.outbox, config.storage.queue.redrive_interval).start() \

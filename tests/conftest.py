@@ -84,7 +84,7 @@ class Huren:
     def dicomweb(self) -> str:
         return self.url + self.config["http"]["dicomweb_root"]
 
-    def start(self, timeout: float = 30.0) -> Huren:
+    def start(self, timeout: float = 60.0) -> Huren:
         path = self.workdir / "huren.yaml"
         path.write_text(yaml.safe_dump(self.config))
         with open(self.log, "ab") as log:  # the child keeps its own copy of the descriptor
@@ -145,6 +145,8 @@ def huren_config(workdir: Path, *, storage: dict[str, Any] | None = None,
         "storage": storage or {"backend": "filesystem", "path": str(workdir / "archive")},
         "index": {"url": index_url or f"sqlite:///{workdir / 'index.db'}"},
         "ingest": {"receive_folder": str(workdir / "spool")},
+        # One process, whose logs and state a test can follow (the default is one per core).
+        "workers": 1,
     }
     for name, values in sections.items():
         if isinstance(values, dict):

@@ -2,13 +2,18 @@
 
 SQLite runs in WAL mode with full synchronous commits (a committed row
 survives power loss) and takes the write lock at BEGIN, so concurrent
-associations queue instead of failing with "database is locked". Writers in
-one process queue on a lock of ours first: SQLite's own busy handler waits by
-sleeping, up to 100 ms a turn, where a lock hands over at once.
+associations queue instead of failing with "database is locked". Writers
+queue on locks of ours first, a thread lock in the process and an advisory
+file lock (``flock``) beside the database across worker processes: SQLite's
+own busy handler waits by sleeping, up to 100 ms a turn, where a lock is
+handed over the moment it is released.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +24,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from archive.config import IndexConfig
 
@@ -40,10 +46,12 @@ class Database:
         """
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
-        self._writer = threading.Lock() if self.is_sqlite else nullcontext()
+        self._writer: threading.Lock | _FileLock | nullcontext = nullcontext()
         if self.is_sqlite:
+            self._writer = threading.Lock()
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                self._writer = _FileLock(Path(f"{parsed.database}.writer"), statement_timeout)
             self.engine = create_engine(
                 parsed, pool_size=pool_size, max_overflow=pool_size, pool_timeout=connect_timeout,
                 connect_args={"timeout": statement_timeout, "check_same_thread": False},
@@ -94,6 +102,57 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+class _FileLock:
+    """The index's write lock across processes (and threads): a thread lock, then
+    ``flock`` on a file of its own beside the database.
+
+    A waiter for another process tries again every 0.1 to 1 ms: not a kernel
+    hand-over, which could not be bounded, but two orders finer than SQLite's
+    busy handler, and given up after `timeout` seconds as SQLite would.
+    Each process opens the file itself (after a fork too), since ``flock`` locks
+    belong to the open file: one inherited across a fork would be shared.
+    """
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._threads = threading.Lock()
+        self._fd: int | None = None
+        self._pid = 0
+
+    def __enter__(self) -> None:
+        if not self._threads.acquire(timeout=self.timeout):
+            raise _locked(f"no write lock within {self.timeout:g} s")
+        try:
+            if self._pid != os.getpid():
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                self._pid = os.getpid()
+            assert self._fd is not None
+            deadline, pause = time.monotonic() + self.timeout, 0.0001
+            while True:
+                try:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise _locked(f"another process held the write lock for {self.timeout:g} s") from None
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.001)
+        except BaseException:
+            self._threads.release()
+            raise
+
+    def __exit__(self, *_exc: object) -> None:
+        assert self._fd is not None
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._threads.release()
+
+
+def _locked(message: str) -> OperationalError:
+    """The error SQLite's busy handler would end with, as the callers already handle it."""
+    return OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError(f"database is locked: {message}"))
 
 
 def _bounded_connect_attempts(engine: Engine, attempts: int, within: float) -> None:
