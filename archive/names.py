@@ -13,6 +13,7 @@ so ``PatientName=wang*`` finds it with an indexed ``LIKE``.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from pydicom.valuerep import PersonName
@@ -103,6 +104,8 @@ def query_pinyin(value: str) -> str:
     return normalise(value)
 
 
+@functools.lru_cache(maxsize=4096)
 def _spell(text: str) -> str:
     # Characters that are not Han (wildcards, Latin letters) come back as they are.
+    # Cached: every instance of a study spells its patient's name again.
     return "".join(lazy_pinyin(text.strip())).upper()

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from archive.digests import Digests
+
 
 def media_type(header: str | None) -> tuple[str, dict[str, str]]:
     """Split a Content-Type or Accept element into its lower-cased type and parameters."""
@@ -21,10 +23,12 @@ def media_type(header: str | None) -> tuple[str, dict[str, str]]:
 
 @dataclass
 class Part:
-    """One received body part, spooled to a file."""
+    """One received body part, spooled to a file, and the digests of its bytes
+    taken as they were written (:class:`archive.digests.Digests`)."""
 
     path: Path
     headers: dict[str, str] = field(default_factory=dict)
+    digests: Digests = field(default_factory=Digests)
 
     @property
     def content_type(self) -> str:
@@ -89,7 +93,9 @@ class PartReader:
 
     def _data(self, data: bytes, start: int, end: int) -> None:
         assert self._file is not None
-        self._file.write(data[start:end])
+        view = memoryview(data)[start:end]
+        self._file.write(view)
+        self.parts[-1].digests.update(view)
 
     def _end(self) -> None:
         assert self._file is not None

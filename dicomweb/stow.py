@@ -22,6 +22,7 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import orjson
 from starlette.concurrency import run_in_threadpool
@@ -99,29 +100,37 @@ async def store(request: Request) -> Response:
     return _answer(results, root, study)
 
 
-# A WarningReason and its text; an instance to archive (a Part-10 file, with the warning
-# building it gave) or its refusal; what came of it.
+class Received(NamedTuple):
+    """A Part-10 file to archive, with its digests when taken as it was received."""
+
+    path: Path
+    digests: tuple[str, str] | None = None
+
+
+# A WarningReason and its text; an instance to archive (with the warning building it
+# gave) or its refusal; what came of it.
 Warned = tuple[int, str] | None
-Item = tuple[Path | IngestError, Warned]
+Item = tuple[Received | IngestError, Warned]
 Result = tuple[Stored | IngestError, Warned]
 # PS3.18 I.2.1 (implementation-specific, B-range): a different instance under this SOP
 # Instance UID is archived and was kept (ingest.on_conflict: keep); this one was not stored.
 KEPT_ANOTHER = 0xB00C
 
 
-def _dicom_part(part: Part) -> Path | IngestError:
+def _dicom_part(part: Part) -> Received | IngestError:
     if part.content_type not in ("", DICOM):
         os.unlink(part.path)
         return IngestError(Failure.CANNOT_UNDERSTAND, f"part of type {part.content_type} is not {DICOM}")
-    _as_part10(part.path)
-    return part.path
+    if _as_part10(part.path):
+        return Received(part.path)  # its bytes changed: digests taken again
+    return Received(part.path, part.digests.hexdigests())
 
 
 def _built(parts: list[Part], folder: Path) -> list[Item]:
     """The instances of a metadata and bulk data request, as Part-10 files in `folder`."""
     items: list[Item] = []
     for built in stowjson.instances(parts, folder):
-        items.append((built, None) if isinstance(built, IngestError) else built)
+        items.append((built, None) if isinstance(built, IngestError) else (Received(built[0]), built[1]))
     return items
 
 
@@ -133,11 +142,11 @@ def _ingest_all(ingest: Ingest, items: list[Item], source: Source, study: str | 
 
 
 def _ingest_item(ingest: Ingest, source: Source, study: str | None, item: Item) -> Result:
-    path, warning = item
+    received, warning = item
     try:
-        if isinstance(path, IngestError):
-            raise path
-        stored = ingest.ingest(path, source, expected_study=study)
+        if isinstance(received, IngestError):
+            raise received
+        stored = ingest.ingest(received.path, source, expected_study=study, digests=received.digests)
     except IngestError as exc:
         log.warning("STOW-RS refused: %s", exc, extra={"sop": exc.sop_uid, "door": "stow"})
         return exc, None
@@ -147,9 +156,10 @@ def _ingest_item(ingest: Ingest, source: Source, study: str | None, item: Item) 
     return stored, warning
 
 
-def _as_part10(path: Path) -> None:
+def _as_part10(path: Path) -> bool:
     """Give a part that starts with its file meta group, but lacks the preamble and
-    ``DICM`` prefix, both — so that the archive holds only Part-10 files.
+    ``DICM`` prefix, both — so that the archive holds only Part-10 files. Returns
+    whether it did.
 
     pydicom's ``dcmwrite`` writes a newly made dataset that way, and
     dicomweb-client's ``store_instances`` sends what it writes.
@@ -157,12 +167,13 @@ def _as_part10(path: Path) -> None:
     with open(path, "rb") as fp:
         head = fp.read(len(PREAMBLE))
     if head[128:] == b"DICM" or head[:2] != b"\x02\x00" or not head[4:6].isalpha():
-        return
+        return False
     whole = path.with_suffix(".p10")
     with open(path, "rb") as source, open(whole, "wb") as target:
         target.write(PREAMBLE)
         shutil.copyfileobj(source, target, 1024 * 1024)
     os.replace(whole, path)
+    return True
 
 
 def _answer(results: list[Result], root: str, study: str | None) -> Response:

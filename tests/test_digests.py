@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 
 from archive.digests import Digests, file_digests
+from dicomweb.multipart import PartReader
 
 CT = Path(get_testdata_file("CT_small.dcm"))
 
@@ -44,3 +45,18 @@ def test_a_file_without_meta_group_length_is_hashed_whole_for_both(tmp_path: Pat
         path.write_bytes(data)
         expected = hashlib.sha256(data).hexdigest()
         assert file_digests(path) == (expected, expected) == _fed(data, [1, 3])
+
+
+def test_stow_parts_are_hashed_as_they_are_written(tmp_path: Path) -> None:
+    boundary = "b0undary"
+    data = CT.read_bytes()
+    body = b"".join(
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n" for _ in range(2)
+    ) + f"--{boundary}--\r\n".encode()
+    reader = PartReader(boundary, tmp_path)
+    for start in range(0, len(body), 1000):  # chunks that end anywhere, inside the meta too
+        reader.feed(body[start:start + 1000])
+    parts = reader.finish()
+    assert len(parts) == 2
+    for part in parts:
+        assert part.digests.hexdigests() == file_digests(part.path) == file_digests(CT)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -17,12 +19,17 @@ from typing import BinaryIO
 from archive.storage import BlobNotFound, StoredBlob
 
 PART_SUFFIX = ".part"
+# Series folders remembered as durable: enough for every series arriving at once.
+DURABLE_FOLDERS = 4096
 
 
 class FilesystemStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        # Series folders whose entries up to the root are known durable, newest last.
+        self._durable: OrderedDict[Path, None] = OrderedDict()
+        self._lock = threading.Lock()
 
     def check(self) -> None:
         if not self.root.is_dir():
@@ -31,25 +38,48 @@ class FilesystemStore:
             raise OSError(f"the archive folder {self.root} is not writable")
 
     def path_of(self, key: str) -> Path:
-        path = (self.root / key).resolve()
+        """The file of `key`; a key that would lead out of the folder is refused.
+
+        Checked on the text of the path (``..`` taken away), without asking the
+        file system for each of its parts, as resolving symbolic links would.
+        """
+        path = Path(os.path.normpath(os.path.join(self.root, key)))
         if self.root not in path.parents:
             raise ValueError(f"key {key!r} leaves the archive folder")
         return path
 
     def put(self, key: str, path: Path, sha256: str) -> StoredBlob:
+        """Store the file at `path` under `key`, durably; `path` is left in place.
+
+        Durable: the file is fsynced before it is renamed into place, and its
+        folder after; a folder this process has not yet seen durable has its
+        entries up to the root fsynced too (once: made long ago, they cost next to
+        nothing). Folders are made only when the link finds them missing, and
+        synced after the file, so that one journal commit of the file system
+        (ext4's, say) carries them with it.
+        """
         target = self.path_of(key)
-        self._make_folders(target.parent)
         size = os.stat(path).st_size
         part = target.with_name(f".{target.name}.{uuid.uuid4().hex}{PART_SUFFIX}")
-        link_or_copy(path, part)
+        made = False
+        try:
+            link_or_copy(path, part)
+        except FileNotFoundError:
+            if not path.exists():
+                raise
+            target.parent.mkdir(parents=True, exist_ok=True)  # a study's or series' first object
+            made = True
+            link_or_copy(path, part)
         os.replace(part, target)
         fsync_dir(target.parent)
+        self._make_durable(target.parent, made)
         return StoredBlob(key, size, sha256)
 
     def read(self, key: str, start: int = 0, length: int | None = None,
              chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
         try:
-            handle = open(self.path_of(key), "rb")
+            # Unbuffered: read_chunks reads by pread, and skips the buffer's isatty probe.
+            handle = open(self.path_of(key), "rb", buffering=0)
         except FileNotFoundError:
             raise BlobNotFound(key) from None
         return read_chunks(handle, start, length, chunk_size)
@@ -66,27 +96,46 @@ class FilesystemStore:
                 if not name.endswith(PART_SUFFIX):
                     yield Path(folder, name).relative_to(self.root).as_posix()
 
-    def _make_folders(self, folder: Path) -> None:
-        if folder.is_dir():
-            return
-        missing = [folder, *(p for p in folder.parents if not p.exists())]
-        folder.mkdir(parents=True, exist_ok=True)
-        # A new folder is only durable once its parent's entry is.
-        for created in missing:
-            fsync_dir(created.parent)
+    def _make_durable(self, folder: Path, made: bool) -> None:
+        """Fsync the entries of `folder`'s parents up to the root, unless known durable
+        and not just `made` (again, if someone removed it).
+
+        A folder counts as durable only once its entries are synced, so a thread
+        that finds a folder another has just made syncs it too, never relying on a
+        sync still under way.
+        """
+        with self._lock:
+            if not made and folder in self._durable:
+                self._durable.move_to_end(folder)
+                return
+        for level in (folder, *folder.parents):
+            if level == self.root:
+                break
+            fsync_dir(level.parent)
+        with self._lock:
+            self._durable[folder] = None
+            if len(self._durable) > DURABLE_FOLDERS:
+                self._durable.popitem(last=False)
 
 
 def read_chunks(handle: BinaryIO, start: int, length: int | None, chunk_size: int) -> Iterator[bytes]:
-    """Yield `length` bytes (or to the end) of an open file from `start`, then close it."""
+    """Yield `length` bytes (or to the end) of an open file from `start`, then close it.
+
+    Each chunk is one ``pread`` of exactly what is left up to `chunk_size`:
+    the end is known from the file's size, so no read is spent finding it,
+    and no seek (a whole CT slice is one system call with a large `chunk_size`).
+    """
     with handle:
-        handle.seek(start)
-        remaining = length
-        while remaining is None or remaining > 0:
-            block = handle.read(chunk_size if remaining is None else min(chunk_size, remaining))
-            if not block:
+        fd = handle.fileno()
+        end = os.fstat(fd).st_size
+        if length is not None:
+            end = min(end, start + length)
+        position = start
+        while position < end:
+            block = os.pread(fd, min(chunk_size, end - position), position)
+            if not block:  # cut short since the size was taken
                 return
-            if remaining is not None:
-                remaining -= len(block)
+            position += len(block)
             yield block
 
 
