@@ -293,13 +293,13 @@ class Radiologist(threading.Thread):
                     self.worklist(client)
                     if self.stop.is_set():
                         break
-                    self.open(client, self.stored.study_uid, self.stored.series_uid, self.stored.size)
+                    self.open(self.stored.study_uid, self.stored.series_uid, self.stored.size)
                     if self.stop.is_set():
                         break
                     listed = self.worklist(client)
                     if listed and not self.stop.is_set():
                         study = listed[turn % len(listed)]
-                        self.open(client, study, self.series[study], None)
+                        self.open(study, self.series[study], None)
                 except (httpx.HTTPError, RuntimeError) as exc:  # a finding; the radiologist goes on
                     self.readings.errors.append(f"{self.name}: {str(exc)[:200]}")
                     self.stop.wait(0.5)
@@ -313,9 +313,9 @@ class Radiologist(threading.Thread):
         listed = {study["0020000D"]["Value"][0] for study in orjson.loads(body)} if body.strip() else set()
         return sorted(listed & self.series.keys())
 
-    def open(self, client: httpx.Client, study: str, series: str, expected: int | None) -> None:
+    def open(self, study: str, series: str, expected: int | None) -> None:
         """Retrieve a whole series (WADO-RS); `expected` bytes of files when it is complete."""
-        seconds, received = run.retrieve(client, f"{self.server.dicomweb}/studies/{study}/series/{series}")
+        seconds, received = run.retrieve(f"{self.server.dicomweb}/studies/{study}/series/{series}")
         if expected is None:
             self.readings.arriving_rates.append(received / seconds)
             return

@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import os
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -105,7 +106,13 @@ def count_sends(workdir: Path, path: str) -> int:
     return bodies
 
 
-def syscalls(server: TreeHuren, client: object, url: str, parts: int) -> dict[str, float]:
+def _children_cpu() -> float:
+    """CPU seconds of the finished child processes (the curl that read each answer)."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def syscalls(server: TreeHuren, url: str, parts: int) -> dict[str, float]:
     """System calls per part of the serving processes during one retrieve (``strace -c``)."""
     assert server.process is not None
     pids = [str(p) for p in run.process_tree(server.process.pid)]
@@ -113,7 +120,7 @@ def syscalls(server: TreeHuren, client: object, url: str, parts: int) -> dict[st
         tracer = subprocess.Popen(["strace", "-f", "-c", "-o", summary.name, *sum((["-p", p] for p in pids), [])],
                                   stderr=subprocess.DEVNULL)
         time.sleep(1.0)  # attached
-        run.retrieve(client, url)  # type: ignore[arg-type]
+        run.retrieve(url)
         tracer.send_signal(signal.SIGINT)
         tracer.wait(30)
         counts: Counter[str] = Counter()
@@ -163,14 +170,14 @@ def main() -> None:
                 server.start()
                 run.stow(client, server, run.multipart_bodies(files, run.STOW_BATCH))
             urls = {s.name: series_url(s, files) for s in servers}
-            for server in servers:  # warm the page cache and the connections
-                run.retrieve(client, urls[server.name])
+            for server in servers:  # warm the page cache
+                run.retrieve(urls[server.name])
             for _ in range(args.rounds):
                 for server in servers:
-                    served, used = cpu_seconds(server), time.process_time()
-                    seconds, size = run.retrieve(client, urls[server.name])
+                    served, used = cpu_seconds(server), _children_cpu()
+                    seconds, size = run.retrieve(urls[server.name])
                     rates[server.name].append(size / seconds / run.MB)
-                    cpu[server.name].append((cpu_seconds(server) - served, time.process_time() - used, seconds))
+                    cpu[server.name].append((cpu_seconds(server) - served, _children_cpu() - used, seconds))
             for server in servers:
                 got = rates[server.name]
                 served, used, wall = (statistics.median(c) * 1000 for c in zip(*cpu[server.name]))
@@ -181,7 +188,7 @@ def main() -> None:
                 print(f"{server.name}: ASGI body messages per part "
                       f"{asgi_sends(server, urls[server.name], len(files)):.2f}", flush=True)
                 if args.strace:
-                    per_part = syscalls(server, client, urls[server.name], len(files))
+                    per_part = syscalls(server, urls[server.name], len(files))
                     print("  system calls per part: " + ", ".join(f"{k} {v:.2f}" for k, v in per_part.items()))
     finally:
         for server in servers:

@@ -34,7 +34,8 @@ benchmark one commit while the tree changes, run from an export of it
    instances of the 300-slice series.
 5. WADO-RS study metadata of the CT study (the first request, then the median
    of the following ones) and retrieval of the thin series as
-   ``multipart/related; type="application/dicom"`` read to the end (MB/s).
+   ``multipart/related; type="application/dicom"`` read to the end by ``curl``
+   (MB/s; a Python client would be the bottleneck).
 6. Peak memory of the server process and its children: the sum of their
    PSS (proportional set size, so pages forked workers share count once),
    sampled every 0.25 s from the moment the server is ready.
@@ -634,17 +635,23 @@ def latency(client: httpx.Client, url: str, params: dict[str, str] | None, reque
     return statistics.median(times) * 1000, count
 
 
-def retrieve(client: httpx.Client, url: str) -> tuple[float, int]:
-    """Stream a WADO-RS multipart/related DICOM answer to the end; (seconds, bytes)."""
-    received = 0
-    t0 = time.perf_counter()
-    with client.stream("GET", url, headers={"Accept": 'multipart/related; type="application/dicom"'}) as response:
-        if response.status_code != 200:
-            response.read()
-            raise RuntimeError(f"GET {url}: HTTP {response.status_code}: {response.content[:300]!r}")
-        for chunk in response.iter_raw(1 << 20):
-            received += len(chunk)
-    return time.perf_counter() - t0, received
+def retrieve(url: str) -> tuple[float, int]:
+    """Stream a WADO-RS multipart/related DICOM answer to the end; (seconds, bytes).
+
+    Read by ``curl`` into /dev/null, as a viewer's C++ network stack would read it:
+    Python's httpx spends about as much CPU per byte as the servers do, and on two
+    cores would cap both at the same rate.
+    """
+    done = subprocess.run(
+        ["curl", "--silent", "--show-error", "--fail", "--http1.1", "--output", "/dev/null",
+         "--header", 'Accept: multipart/related; type="application/dicom"',
+         "--header", "Accept-Encoding: identity",
+         "--write-out", "%{time_total} %{size_download}", url],
+        capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"GET {url}: {done.stderr.strip() or f'curl exit {done.returncode}'}")
+    seconds, received = done.stdout.split()
+    return float(seconds), int(received)
 
 
 # --------------------------------------------------------------------------- the table rows
@@ -811,7 +818,7 @@ class Measurements:
     def retrieve(self) -> None:
         url = f"{self.server.dicomweb}/studies/{self.corpus.ct_study_uid}/series/{self.corpus.ct_thin_series_uid}"
         expected = size_mb(self.corpus.ct_thin) * MB
-        runs = [retrieve(self.client, url) for _ in range(self.settings.retrieves)]
+        runs = [retrieve(url) for _ in range(self.settings.retrieves)]
         short = [n for _, n in runs if n < expected]  # multipart framing makes a full answer a little larger
         if short:
             raise RuntimeError(f"series retrieve returned {short[0]} bytes, expected over {expected:.0f}")
