@@ -170,6 +170,7 @@ def _serve(config: Config, spool: Path, db: Database, dimse_socket: socket.socke
     """
     import ssl
 
+    import pydicom.config
     import uvicorn
 
     from archive.audit import AuditTrail
@@ -186,6 +187,11 @@ def _serve(config: Config, spool: Path, db: Database, dimse_socket: socket.socke
     from huren.redrive import RedriveLoop
     from huren.sweeping import SweepLoop
 
+    # Objects are archived as received, valid or not: pydicom's check of each value it
+    # converts or writes (a regular expression per UID, date, name…) would only warn, and
+    # costs about a twentieth of the CPU per received instance.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
     ingest = Ingest(db, open_store(config), config.ingest.on_conflict, config.storage.queue)
     ingest.observers.append(metrics.observe)
     ingest.commits.observers.append(metrics.observe_commit)

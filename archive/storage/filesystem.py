@@ -27,6 +27,8 @@ class FilesystemStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._root = str(self.root)
+        self._inside = os.path.join(self._root, "")  # a key's path starts with this
         # Series folders whose entries up to the root are known durable, newest last.
         self._durable: OrderedDict[Path, None] = OrderedDict()
         self._lock = threading.Lock()
@@ -43,10 +45,10 @@ class FilesystemStore:
         Checked on the text of the path (``..`` taken away), without asking the
         file system for each of its parts, as resolving symbolic links would.
         """
-        path = Path(os.path.normpath(os.path.join(self.root, key)))
-        if self.root not in path.parents:
+        path = os.path.normpath(os.path.join(self._root, key))
+        if not path.startswith(self._inside):
             raise ValueError(f"key {key!r} leaves the archive folder")
-        return path
+        return Path(path)
 
     def put(self, key: str, path: Path, sha256: str) -> StoredBlob:
         """Store the file at `path` under `key`, durably; `path` is left in place.
