@@ -307,8 +307,9 @@ class Ingest:
         if existing is not None and existing.blob_key not in (None, key):
             self.store.delete(str(existing.blob_key))
         outcome = Outcome.REPLACED if existing is not None else Outcome.STORED
-        log.info("instance %s%s", outcome.value, " (queued: not yet in the store)" if queued else "",
-                 extra=_log_fields(header, source, size=placed.size))
+        # Per instance at DEBUG: the doors log each association's and request's counts at INFO.
+        log.debug("instance %s%s", outcome.value, " (queued: not yet in the store)" if queued else "",
+                  extra=_log_fields(header, source, size=placed.size))
         return self._result(outcome, header)
 
     def _queued(self, key: str) -> bool:

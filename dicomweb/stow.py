@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -96,6 +97,10 @@ async def store(request: Request) -> Response:
         else:
             audit(request, "store", "failure", sop_uid=outcome.sop_uid or None,
                   detail=f"0x{outcome.failure.value:04X}")
+    # Instances are logged one by one at DEBUG (archive.ingest); each request's counts here.
+    counts = Counter(outcome.outcome.value if isinstance(outcome, Stored) else "refused" for outcome in outcomes)
+    log.info("STOW-RS request", extra={"door": "stow", "hospital": source.hospital_id, "study": study,
+                                       "instances": dict(counts)})
     root = root_url(request)
     return _answer(results, root, study)
 

@@ -27,7 +27,7 @@ from archive.ingest import Ingest
 from archive.policy import Caller
 from gateway.access import allowed_calling_aes, association_caller, hospital_of
 from gateway.reactor import EventRequests
-from gateway.store import digest_received_files, handle_store
+from gateway.store import digest_received_files, handle_store, stored_counts
 from gateway.tls import certificate_name, handshake, tls_hospital
 
 log = logging.getLogger("huren.dimse")
@@ -191,4 +191,6 @@ def _log_association(event: Event, what: str, config: Config) -> None:
         "ae": calling, "hospital": tls_hospital(config, event.assoc) or hospital_of(config, calling),
         "certificate": certificate_name(event.assoc),
         "peer": f"{event.assoc.requestor.address}:{event.assoc.requestor.port}",
+        # What its C-STOREs came to, once it ends (instances are logged one by one at DEBUG).
+        **({"instances": dict(stored_counts(event.assoc))} if what in ("released", "aborted") else {}),
     })

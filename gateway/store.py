@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections import Counter
 from typing import IO, Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import dimse_messages
+from pynetdicom.association import Association
 from pynetdicom.events import Event
 
 from archive.audit import AuditEvent, AuditTrail
@@ -79,6 +81,7 @@ def handle_store(event: Event, ingest: Ingest, config: Config, trail: AuditTrail
     if caller is None:  # aborted on acceptance; a request racing the abort is refused
         return 0x0124  # Refused: Not Authorized (PS3.7 C.4)
     source = Source("dimse", caller.hospital_id, calling_ae)
+    counts = stored_counts(event.assoc)
     try:
         stored = ingest.ingest(event.dataset_path, source, check_meta=True, digests=received_digests(event))
     except IngestError as exc:
@@ -88,10 +91,22 @@ def handle_store(event: Event, ingest: Ingest, config: Config, trail: AuditTrail
             "ae": calling_ae, "hospital": source.hospital_id, "sop": exc.sop_uid,
             "status": f"0x{exc.failure.value:04X}",
         })
+        counts["refused"] += 1
         status = Dataset()
         status.Status = exc.failure.value
         status.ErrorComment = str(exc)[:64]
         return status
     trail.record(AuditEvent("store", "success", caller, study_uid=stored.study_uid,
                             series_uid=stored.series_uid, sop_uid=stored.sop_uid, detail=stored.outcome.value))
+    counts[stored.outcome.value] += 1
     return 0x0000
+
+
+def stored_counts(assoc: Association) -> Counter[str]:
+    """What came of the association's C-STOREs so far, by outcome (``stored``,
+    ``duplicate``, …, ``refused``), for its closing log line."""
+    counts: Counter[str] | None = getattr(assoc, "huren_counts", None)
+    if counts is None:
+        counts = Counter()
+        assoc.huren_counts = counts  # type: ignore[attr-defined]
+    return counts

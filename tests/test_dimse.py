@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -139,6 +140,10 @@ def test_store_twice_is_one_instance(huren: Huren, tmp_path: Path) -> None:
         result = huren.storescu(path)
         assert result.returncode == 0, result.stderr
     assert len(client(huren).search_for_instances()) == 1
+    # Each association's log line says what its C-STOREs came to.
+    ended = [json.loads(line) for line in huren.log.read_text().splitlines()
+             if line.startswith("{") and json.loads(line)["event"] == "association released"]
+    assert [line["instances"] for line in ended] == [{"stored": 1}, {"duplicate": 1}]
 
 
 def send_raw(huren: Huren, path: Path, calling: str = "RAWSCU", sop_class: str = CTImageStorage) -> int:
