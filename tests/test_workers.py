@@ -112,3 +112,19 @@ def test_workers_stop_when_the_parent_is_killed(two_workers: Huren) -> None:
     assert wait_for(lambda: not any(alive(pid) for pid in workers))
     with pytest.raises(httpx.HTTPError):
         httpx.get(two_workers.url + "/health", timeout=2)
+
+
+def test_auto_serves_from_one_worker_per_core(tmp_path: Path) -> None:
+    """The default, ``workers: auto``: one worker per core this process may run on
+    (a single core: the serving process itself, no fork)."""
+    config = huren_config(tmp_path)
+    del config["workers"]
+    server = Huren(tmp_path, config).start()
+    try:
+        assert server.process is not None
+        cores = min(64, len(os.sched_getaffinity(0)))
+        expected = cores if cores > 1 else 0
+        assert wait_for(lambda: len(children(server.process.pid)) == expected)
+        assert server.storescu(factory.write(factory.instance(), tmp_path / "one.dcm")).returncode == 0
+    finally:
+        server.stop()
