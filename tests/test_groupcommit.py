@@ -100,6 +100,33 @@ def test_a_failing_write_fails_alone(db: Database) -> None:
     assert _names(db) == {"hold", "good0", "good1"}
 
 
+class _Stop(BaseException):
+    """Not an Exception, as SystemExit and KeyboardInterrupt are not."""
+
+
+def test_a_write_raising_a_base_exception_leaves_no_writer_waiting(db: Database) -> None:
+    commits, sizes = _observed(db)
+
+    def stopping(conn: Connection) -> int:
+        raise _Stop
+
+    pool = ThreadPoolExecutor(4)
+    try:
+        held, release = _held_write(commits, pool, "hold")
+        good = pool.submit(commits.write, lambda conn: _token(conn, "good"))
+        bad = pool.submit(commits.write, stopping)
+        time.sleep(0.2)
+        release.set()
+        held.result(10)
+        assert good.result(10)  # a batch writer: answered, not left waiting (TimeoutError otherwise)
+        with pytest.raises(_Stop):
+            bad.result(10)
+    finally:
+        pool.shutdown(wait=False)  # a writer left waiting would hold the test for ever
+    assert _names(db) == {"hold", "good"}
+    assert sizes == [1, 1]
+
+
 def test_no_writer_is_answered_before_its_commit(db: Database) -> None:
     """Whenever ``write`` returns, another connection already sees the row."""
     commits, sizes = _observed(db)

@@ -81,8 +81,11 @@ class GroupCommit:
             try:
                 with self.db.writing() as conn:
                     results = [write.work(conn) for write in batch]
-            except Exception:
-                pass  # one write failed: each runs alone below, to fail alone
+            except BaseException:
+                # One write failed, with whatever it raised: each runs alone below, to fail
+                # alone. (Nothing may leave a write of the batch unfinished: its writer would
+                # wait for it for ever.)
+                pass
             else:
                 for write, result in zip(batch, results, strict=True):
                     write.result, write.done = result, True
