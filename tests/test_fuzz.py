@@ -23,11 +23,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pynetdicom import AE
-from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.sop_class import Verification
-from pynetdicom.transport import AddressInformation
 from starlette.testclient import TestClient
 
 from archive.config import Config
@@ -39,6 +35,7 @@ from dicomweb.app import build_app
 from dicomweb.multipart import PartReader, write_parts
 from tests.conftest import PYDICOM_FILES, Archive, Huren, audit_trail, dcmtk, dcmtk_env, huren_config
 from tests.factory import instance, write
+from tests.peer import association_request
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
@@ -223,27 +220,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Huren]:
     huren.stop()
 
 
-def _association_request(port: int) -> bytes:
-    """A real A-ASSOCIATE-RQ PDU (PS3.8 §9.3.2), as pynetdicom's requestor would send it."""
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
-    primitive.calling_ae_title = "FUZZER"
-    primitive.called_ae_title = "HUREN"
-    primitive.calling_presentation_address = AddressInformation("127.0.0.1", 1)
-    primitive.called_presentation_address = AddressInformation("127.0.0.1", port)
-    ae = AE()
-    ae.add_requested_context(Verification)
-    contexts = ae.requested_contexts
-    contexts[0].context_id = 1
-    primitive.presentation_context_definition_list = contexts
-    limit = MaximumLengthNotification()
-    limit.maximum_length_received = 16384
-    primitive.user_information = [limit]
-    pdu = A_ASSOCIATE_RQ()
-    pdu.from_primitive(primitive)
-    return pdu.encode()
-
-
 def _send(port: int, data: bytes) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         try:
@@ -273,7 +249,7 @@ def test_malformed_pdus_leave_the_server_answering(server: Huren, tmp_path: Path
     before = {key: hashlib.sha256(b"".join(store.read(key))).hexdigest() for key in store.keys()}
     assert server.process is not None
     rss = _rss_kib(server.process.pid)
-    request = _association_request(server.dicom_port)
+    request = association_request(server.dicom_port, Verification, calling="FUZZER")
 
     pdu = st.builds(lambda kind, length, body: struct.pack(">BBL", kind, 0, length) + body,
                     st.integers(1, 7), st.one_of(st.integers(0, 0xFFFFFFFF), st.integers(0, 300)),

@@ -33,11 +33,8 @@ from pynetdicom import _config as pynetdicom_config
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
-from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RQ, A_RELEASE_RP, A_RELEASE_RQ, P_DATA_TF
-from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
-from pynetdicom.presentation import build_context
+from pynetdicom.pdu import A_ABORT_RQ, A_RELEASE_RP, A_RELEASE_RQ, P_DATA_TF
 from pynetdicom.sop_class import CTImageStorage
-from pynetdicom.transport import AddressInformation
 from sqlalchemy import select
 
 from archive.config import Config, Tls
@@ -51,6 +48,7 @@ from archive.verify import verify
 from gateway import scp
 from tests.conftest import PYDICOM_FILES, audit_trail, dcmtk, dcmtk_env, huren_config
 from tests.factory import instance, write
+from tests.peer import association_request
 from tests.test_tls import Pki, pki  # noqa: F401  (the fixture, for the TLS test)
 
 NETWORK_TIMEOUT = 2.0  # dicom.network_timeout here: ARTIM and idle timeouts, in seconds
@@ -131,24 +129,6 @@ def _ct(folder: Path, count: int, size: int = 512) -> list[Path]:
 
 # A peer speaking PDUs over a raw socket, built with pynetdicom's PDU classes (PS3.8 §9.3).
 
-def _associate_rq(port: int, max_pdu: int = 16384) -> bytes:
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
-    primitive.calling_ae_title = "RAWPEER"
-    primitive.called_ae_title = "HUREN"
-    primitive.calling_presentation_address = AddressInformation("127.0.0.1", 1)
-    primitive.called_presentation_address = AddressInformation("127.0.0.1", port)
-    context = build_context(CTImageStorage, [ExplicitVRLittleEndian])
-    context.context_id = 1
-    primitive.presentation_context_definition_list = [context]
-    limit = MaximumLengthNotification()
-    limit.maximum_length_received = max_pdu
-    primitive.user_information = [limit]
-    pdu = A_ASSOCIATE_RQ()
-    pdu.from_primitive(primitive)
-    return pdu.encode()
-
-
 def _store_pdus(path: Path, max_pdu: int = 16384) -> list[bytes]:
     """The P-DATA-TF PDUs of a C-STORE request for the file at `path` on context 1."""
     ds = dcmread(path)
@@ -192,7 +172,7 @@ def _connect(gateway: Gateway) -> socket.socket:
 
 def _associated(gateway: Gateway) -> socket.socket:
     sock = _connect(gateway)
-    sock.sendall(_associate_rq(gateway.port))
+    sock.sendall(association_request(gateway.port, CTImageStorage))
     assert _read_pdu(sock)[0] == 0x02  # A-ASSOCIATE-AC
     return sock
 
@@ -355,7 +335,7 @@ def test_a_peer_sending_one_byte_at_a_time(gateway: Gateway, tmp_path: Path) -> 
                 time.sleep(0.001)  # so that the gateway sees the PDU in many pieces
 
     with _connect(gateway) as sock:
-        dribble(_associate_rq(gateway.port))
+        dribble(association_request(gateway.port, CTImageStorage))
         assert _read_pdu(sock)[0] == 0x02
         for pdu in _store_pdus(path):
             dribble(pdu)
