@@ -27,9 +27,7 @@ relies on changes (see ``docs/pynetdicom-event-driven.md``).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import queue
 import selectors
 import socket
@@ -45,6 +43,8 @@ from pynetdicom.dul import _PDU_TYPES, DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.pdu_items import PresentationDataValueItem
 from pynetdicom.transport import RequestHandler
+
+from gateway.dimse import StoreDIMSE
 
 log = logging.getLogger("huren.dimse")
 
@@ -109,6 +109,7 @@ class EventAssociation(Association):
         assoc.dimse.msg_queue = _SignallingQueue(assoc._arrived.set, assoc.dimse.msg_queue)
         assoc.dul.to_user_queue = _SignallingQueue(assoc._arrived.set, assoc.dul.to_user_queue)
         EventDUL.adopt(assoc.dul, limit, peer)
+        StoreDIMSE.adopt(assoc.dimse)
 
     def _run_reactor(self) -> None:
         """Serve DIMSE requests until the association is released, aborted or times out.
@@ -127,17 +128,12 @@ class EventAssociation(Association):
             self._discard_partial_data_set()
 
     def _discard_partial_data_set(self) -> None:
-        """Remove the file of a C-STORE data set the association ended in the middle of.
-
-        pynetdicom leaves it open in the receive folder; nothing else would read it.
-        Only once the DUL, which writes it, has ended.
+        """Remove the files left in the receive folder: that of a C-STORE data set the
+        association ended in the middle of (pynetdicom leaves it open there), and the
+        one made for the next. Only once the DUL, which writes them, has ended.
         """
-        message = self.dimse.message
-        written = getattr(message, "_data_set_file", None) if message is not None else None
-        if written is not None and not self.dul.is_alive():
-            written.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(written.name)
+        if not self.dul.is_alive():
+            self.dimse.discard_files()  # type: ignore[attr-defined]
 
     def _serve(self) -> None:
         self._is_paused = False
