@@ -201,6 +201,7 @@ class Ingest:
     def _ingest(self, path: Path, source: Source, expected_study: str | None,
                 check_meta: bool, digests: tuple[str, str] | None) -> Stored:
         sha256, dataset_sha256 = digests or file_digests(path)
+        self.store.will_put(path)  # under way while the header is read and the index asked
         try:
             header = read_header(path)
         except UnreadableInstance as exc:

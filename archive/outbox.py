@@ -370,6 +370,9 @@ class QueueingStore:
         self.outbox = outbox
         self.store = outbox.store
 
+    def will_put(self, path: Path) -> None:
+        self.store.will_put(path)
+
     def put(self, key: str, path: Path, sha256: str) -> StoredBlob:
         return self.store.put(key, path, sha256)
 

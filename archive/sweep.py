@@ -233,6 +233,9 @@ class _InPlace:
         self._store = store
         self._key = key
 
+    def will_put(self, path: Path) -> None:
+        self._store.will_put(path)
+
     def put(self, key: str, path: Path, sha256: str) -> StoredBlob:
         if key != self._key:
             return self._store.put(key, path, sha256)

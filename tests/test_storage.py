@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 
 from archive.config import S3Storage
 from archive.storage import BlobNotFound, BlobStore
-from archive.storage.filesystem import FilesystemStore
+from archive.storage.filesystem import FilesystemStore, start_writeback
 from archive.storage.s3 import S3Store
 
 
@@ -33,6 +34,8 @@ def staged(tmp_path: Path, data: bytes, name: str = "obj") -> tuple[Path, str]:
 def test_put_read_delete(store: BlobStore, tmp_path: Path) -> None:
     data = os.urandom(300_000)
     path, digest = staged(tmp_path, data)
+    store.will_put(path)  # a hint, which changes nothing
+    assert path.read_bytes() == data
     blob = store.put("1.2/1.2.3/1.2.3.4.dcm", path, digest)
     assert blob.size == len(data) and blob.sha256 == digest
     assert path.read_bytes() == data  # the store left the file to the caller, unchanged
@@ -75,6 +78,13 @@ def test_filesystem_lists_no_half_written_files(tmp_path: Path) -> None:
     (tmp_path / "archive" / "s").mkdir()
     (tmp_path / "archive" / "s" / ".x.dcm.1234.part").write_bytes(b"half")
     assert list(store.keys()) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range(2) is Linux's")
+def test_writeback_is_started_on_linux(tmp_path: Path) -> None:
+    path, _ = staged(tmp_path, os.urandom(1 << 20))
+    assert start_writeback(path)  # the kernel took the call (its binding and arguments are right)
+    assert not start_writeback(tmp_path / "gone")
 
 
 def test_filesystem_refuses_keys_outside_the_root(tmp_path: Path) -> None:

@@ -40,6 +40,13 @@ class BlobStore(Protocol):
         caller removes it. Returns only once the object is durable.
         """
 
+    def will_put(self, path: Path) -> None:
+        """Hear that the local file at `path` is about to be put; returns at once.
+
+        A store may start on it: the folder store starts writing it to disk, so
+        that the fsync in :meth:`put` has less left to wait for.
+        """
+
     def read(self, key: str, start: int = 0, length: int | None = None,
              chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
         """Yield the object's bytes from `start`, `length` bytes or to the end.

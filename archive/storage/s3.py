@@ -62,6 +62,9 @@ class S3Store:
         except (BotoCoreError, ClientError) as exc:
             raise StoreUnavailable(describe(exc)) from exc
 
+    def will_put(self, path: Path) -> None:
+        pass  # the upload reads the file from the page cache: writing it to disk first would waste the disk
+
     def put(self, key: str, path: Path, sha256: str) -> StoredBlob:
         size = os.stat(path).st_size
         try:
