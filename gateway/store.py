@@ -1,7 +1,8 @@
 """C-STORE SCP: a received instance goes straight into the one ingest path.
 
-pynetdicom writes each incoming dataset to a file as it arrives
-(``STORE_RECV_CHUNKED_DATASET``), so nothing is held in memory, and the file's
+Each incoming dataset is written to a file as it arrives, by
+:class:`gateway.dimse.StoreDIMSE` (or by pynetdicom, ``STORE_RECV_CHUNKED_DATASET``,
+for a request only it reads), so nothing is held in memory, and the file's
 digests are taken from the bytes as they are written (:class:`DigestingFile`);
 the handler hands that file and its digests to
 :meth:`archive.ingest.Ingest.ingest`, which moves it into the archive without
@@ -32,9 +33,10 @@ log = logging.getLogger("huren.dimse")
 class DigestingFile:
     """The file pynetdicom writes a received data set to, hashing each write.
 
-    pynetdicom writes the preamble, the file meta information it makes from the
-    C-STORE request, then each data set fragment as it arrives, and flushes
-    through :attr:`file`; it closes the file after the ``EVT_C_STORE`` handler.
+    The receiver (:class:`gateway.dimse.StoreDIMSE`, or pynetdicom) writes the
+    preamble, the file meta information made from the C-STORE request, then each
+    data set fragment as it arrives, and flushes through :attr:`file`; pynetdicom
+    closes the file after the ``EVT_C_STORE`` handler.
     """
 
     def __init__(self, wrapped: Any) -> None:
