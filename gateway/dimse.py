@@ -260,7 +260,13 @@ class StoreDIMSE(DIMSEServiceProvider):
         request._dataset_file.file.flush()  # type: ignore[union-attr]
         self._storing = None
         self.msg_queue.put((request._context_id, request))
-        self._spare = _new_file()
+        try:
+            self._spare = _new_file()
+        except OSError as exc:
+            # This instance is whole and is answered; the next command tries again, and a
+            # failure then ends the association as pynetdicom's own would.
+            log.warning("cannot make the next data set's file", extra={
+                "ae": self.assoc.requestor.ae_title, "error": str(exc)})
 
     def discard_files(self) -> None:
         """Remove the file of a data set the association ended in the middle of, and

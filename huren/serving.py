@@ -37,8 +37,8 @@ log = logging.getLogger("huren")
 
 
 def serve(config: Config, spool: Path, db: Database, dimse_socket: socket.socket,
-           http_socket: socket.socket, tls_door: tuple[socket.socket, ssl.SSLContext] | None,
-           http_context: ssl.SSLContext | None) -> None:
+          http_socket: socket.socket, tls_door: tuple[socket.socket, ssl.SSLContext] | None,
+          http_context: ssl.SSLContext | None) -> None:
     """Serve DICOM and HTTP on the listening sockets in this process until SIGINT/SIGTERM.
 
     `tls_door` is the DICOM-over-TLS socket and its context; `http_context` makes the HTTP door HTTPS.

@@ -409,6 +409,25 @@ def test_a_command_inside_a_data_set_aborts(gateway: Gateway, tmp_path: Path) ->
     gateway.settled()
 
 
+def test_an_instance_is_answered_when_the_next_file_cannot_be_made(gateway: Gateway, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second = (write(instance(rows=32, columns=32), tmp_path / f"{n}.dcm") for n in (1, 2))
+    with _associated(gateway) as sock:
+        sock.sendall(b"".join(_store_pdus(first)))
+        kind, body = _read_pdu(sock)
+        assert kind == 0x04 and _status(body) == 0x0000
+        # The receive folder is gone: the file made for the second instance is in hand,
+        # the one to be made after it cannot be.
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "gone"))
+        sock.sendall(b"".join(_store_pdus(second)))
+        kind, body = _read_pdu(sock)
+        assert kind == 0x04 and _status(body) == 0x0000
+        sock.sendall(_release_rq())
+        assert _read_pdu(sock)[0] == 0x06
+    assert gateway.sop_uids() == {dcmread(first).SOPInstanceUID, dcmread(second).SOPInstanceUID}
+    gateway.settled()
+
+
 def test_a_pdu_longer_than_announced_is_not_read(gateway: Gateway) -> None:
     with _associated(gateway) as sock:
         sock.sendall(struct.pack(">BBL", 0x04, 0, 1024**3))  # a GiB of P-DATA announced
