@@ -76,7 +76,7 @@ def to_json(ds: Dataset, bulk_base: str, bulk: dict[str, tuple[int, int]], *,
         fast = None
         if isinstance(raw, RawDataElement) and vr is not None and (raw.VR or not tag.is_private):
             # An implicit VR private element's VR comes from its creator: pydicom's job.
-            fast = _raw_json(raw, vr, encodings)
+            fast = value_json(vr, raw.value, raw.is_little_endian, encodings)
         if fast is not None:
             result[key] = fast
             continue
@@ -88,7 +88,7 @@ def to_json(ds: Dataset, bulk_base: str, bulk: dict[str, tuple[int, int]], *,
             ]
             result[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
         else:
-            result[key] = _element_json(element)
+            result[key] = element_json(element)
     return result
 
 
@@ -107,12 +107,11 @@ def _element(ds: Dataset, raw: Any, encodings: list[str]) -> DataElement:
     return ds[raw.tag]
 
 
-def _raw_json(raw: RawDataElement, vr: str, encodings: list[str]) -> dict[str, Any] | None:
-    """The DICOM JSON of a raw element of a common VR, or None.
+def value_json(vr: str, value: bytes | None, little: bool, encodings: list[str]) -> dict[str, Any] | None:
+    """The DICOM JSON of an element of a common VR from its encoded `value`, or None.
 
     None hands the element to pydicom: any VR or value not covered here.
     """
-    value = raw.value
     if value is None or " or " in vr:
         return None
     if not value:
@@ -122,12 +121,12 @@ def _raw_json(raw: RawDataElement, vr: str, encodings: list[str]) -> dict[str, A
         size = struct.calcsize(code)
         if len(value) % size:
             return None
-        order = "<" if raw.is_little_endian else ">"
+        order = "<" if little else ">"
         return {"vr": vr, "Value": list(struct.unpack(f"{order}{len(value) // size}{code}", value))}
     if vr == "AT":
         if len(value) % 4:
             return None
-        order = "<" if raw.is_little_endian else ">"
+        order = "<" if little else ">"
         words = struct.unpack(f"{order}{len(value) // 2}H", value)
         return {"vr": vr, "Value": [f"{words[i]:04X}{words[i + 1]:04X}" for i in range(0, len(words), 2)]}
     if vr in _SPLIT_THEN_STRIP:
@@ -162,7 +161,7 @@ def _strings(vr: str, values: Sequence[str]) -> dict[str, Any]:
     return {"vr": vr, "Value": list(values)}
 
 
-def _element_json(element: DataElement) -> dict[str, Any]:
+def element_json(element: DataElement) -> dict[str, Any]:
     """One non-sequence element as DICOM JSON.
 
     IS and DS values are JSON numbers, but CP 1861 lets them be strings

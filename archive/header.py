@@ -1,8 +1,10 @@
 """Read what the index needs from a received Part-10 file, without its pixel data.
 
-One pass: the dataset up to the pixel data is parsed (large values deferred,
-never loaded), turned into DICOM JSON, and the pixel-data element is walked by
-its headers alone to record frame offsets and to prove the file is whole.
+One pass: the data set up to the pixel data becomes DICOM JSON, walked from
+its bytes when it is explicit VR little endian (:mod:`archive.scanner`), else
+parsed by pydicom (large values deferred, never loaded); then the pixel-data
+element is walked by its headers alone to record frame offsets and to prove the
+file is whole.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 from pydicom import dcmread
@@ -22,7 +25,15 @@ from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from archive import charsets, names  # noqa: F401  (charsets: decoding fixes)
-from archive.dicomjson import ROOT_MARK, first_int, first_text, instance_path, person_name, to_json
+from archive.dicomjson import (
+    ROOT_MARK,
+    first_int,
+    first_text,
+    first_value,
+    instance_path,
+    person_name,
+    to_json,
+)
 from archive.frames import (
     PIXEL_TAGS,
     UNDEFINED,
@@ -32,6 +43,7 @@ from archive.frames import (
     read_pixel_header,
 )
 from archive.guideline.facts import instance_facts
+from archive.scanner import Scanned, scan
 
 DEFER = 64 * 1024
 
@@ -75,46 +87,16 @@ def read_header(path: Path) -> InstanceHeader:
         If the file is not DICOM, is cut short, or lacks an identifying UID.
     """
     with open(path, "rb") as fp:
+        size = os.fstat(fp.fileno()).st_size
         try:
-            ds = dcmread(fp, stop_before_pixels=True, defer_size=DEFER)
-            syntax = UID(ds.file_meta.get("TransferSyntaxUID", "") or "")
-            if not syntax:
-                raise UnreadableInstance("the file meta information has no Transfer Syntax UID")
-            if syntax == DeflatedExplicitVRLittleEndian:
-                # The inflated stream cannot be walked by offsets: read it whole,
-                # pixel data included, so its metadata names every element.
-                fp.seek(0)
-                ds = dcmread(fp)
-            _check_whole(ds, os.fstat(fp.fileno()).st_size)
-            encoding = _read_encoding(ds)
-            uids = _uids(ds)
-            pixel = None
-            bulk: dict[str, tuple[int, int]] = {}
-            # In an unknown encoding the pixel data cannot be found: an image is refused
-            # below as lacking it, an instance without pixel data is stored as it is.
-            if syntax != DeflatedExplicitVRLittleEndian and encoding is not None:
-                pixel = read_pixel_header(fp, *encoding)
-            if pixel is None and _lacks_pixel_data(ds):
-                raise UnreadableInstance("the image has Rows and Columns but no Pixel Data: "
-                                         "the file ends before it")
-            pixel_value = fp.tell()
-            if pixel is not None and pixel[2] != UNDEFINED:
-                bulk[f"{pixel[0]:08X}"] = (pixel_value, pixel[2])
-            body = _metadata(ds, uids, pixel, bulk)  # may read deferred values, moving `fp`
-            frames = None
-            if pixel is not None and encoding is not None:  # a pixel header is read in a known encoding
-                _, little = encoding
-                fp.seek(pixel_value)
-                frames = index_frames(
-                    fp, little, pixel[2],
-                    frames=first_int(body, "00280008") or 1,
-                    rows=first_int(body, "00280010") or 0, columns=first_int(body, "00280011") or 0,
-                    samples=first_int(body, "00280002") or 1,
-                    bits_allocated=first_int(body, "00280100") or 8,
-                    photometric=first_text(body, "00280004"),
-                )
-            if syntax == DeflatedExplicitVRLittleEndian:
-                bulk.clear()  # offsets lie in the inflated stream, not in the file
+            scanned = scan(fp.fileno(), size)
+            if scanned is not None:
+                syntax, meta_sop_uid = UID(scanned.syntax), scanned.meta_sop_uid
+                uids = _uids(lambda _keyword, tag: str(first_value(scanned.body, tag) or ""))
+                fp.seek(scanned.end)
+                body, frames, bulk = _pixel_data(fp, (False, True), uids, _linked(scanned))
+            else:
+                syntax, meta_sop_uid, uids, body, frames, bulk = _read(fp, size)
         except UnreadableInstance:
             raise
         except TruncatedPixelData as exc:
@@ -135,7 +117,7 @@ def read_header(path: Path) -> InstanceHeader:
         study_uid=study_uid,
         series_uid=series_uid,
         transfer_syntax=str(syntax),
-        meta_sop_uid=str(ds.file_meta.get("MediaStorageSOPInstanceUID", "") or ""),
+        meta_sop_uid=meta_sop_uid,
         patient={
             "patient_id": first_text(body, "00100020"),
             "issuer": first_text(body, "00100021"),
@@ -177,6 +159,82 @@ def read_header(path: Path) -> InstanceHeader:
     )
 
 
+def _read(fp: BinaryIO, size: int) -> tuple[UID, str, tuple[str, str, str, str], dict[str, Any],
+                                           FrameIndex | None, dict[str, tuple[int, int]]]:
+    """Read the file with pydicom: every transfer syntax, every oddity, every error."""
+    ds = dcmread(fp, stop_before_pixels=True, defer_size=DEFER)
+    syntax = UID(ds.file_meta.get("TransferSyntaxUID", "") or "")
+    if not syntax:
+        raise UnreadableInstance("the file meta information has no Transfer Syntax UID")
+    if syntax == DeflatedExplicitVRLittleEndian:
+        # The inflated stream cannot be walked by offsets: read it whole,
+        # pixel data included, so its metadata names every element.
+        fp.seek(0)
+        ds = dcmread(fp)
+    _check_whole(ds, size)
+    encoding = _read_encoding(ds)
+    uids = _uids(lambda keyword, _tag: str(ds.get(keyword, "") or ""))
+    if syntax == DeflatedExplicitVRLittleEndian:
+        encoding = None  # offsets lie in the inflated stream, not in the file
+
+    def body_of(bulk_base: str, bulk: dict[str, tuple[int, int]]) -> dict[str, Any]:
+        return to_json(ds, bulk_base, bulk)
+
+    # In an unknown encoding the pixel data cannot be found: an image is refused
+    # below as lacking it, an instance without pixel data is stored as it is.
+    body, frames, bulk = _pixel_data(fp, encoding, uids, body_of)
+    if syntax == DeflatedExplicitVRLittleEndian:
+        bulk.clear()
+    meta_sop_uid = str(ds.file_meta.get("MediaStorageSOPInstanceUID", "") or "")
+    return syntax, meta_sop_uid, uids, body, frames, bulk
+
+
+def _linked(scanned: Scanned) -> Callable[[str, dict[str, tuple[int, int]]], dict[str, Any]]:
+    """The scanned data set's body, its bulk values linked below the instance's URL."""
+    def body_of(bulk_base: str, bulk: dict[str, tuple[int, int]]) -> dict[str, Any]:
+        scanned.link_bulk(bulk_base)
+        bulk.update(scanned.bulk)
+        return scanned.body
+    return body_of
+
+
+def _pixel_data(fp: BinaryIO, encoding: tuple[bool, bool] | None, uids: tuple[str, str, str, str],
+                body_of: Callable[[str, dict[str, tuple[int, int]]], dict[str, Any]],
+                ) -> tuple[dict[str, Any], FrameIndex | None, dict[str, tuple[int, int]]]:
+    """The data set's body, its frames and bulk values, from the pixel data's header at ``fp.tell()``.
+
+    `encoding` is the (implicit VR, little endian) the data set was read in; ``None``
+    when its pixel data cannot be walked by offsets in the file.
+    """
+    pixel = read_pixel_header(fp, *encoding) if encoding is not None else None
+    pixel_value = fp.tell()
+    bulk: dict[str, tuple[int, int]] = {}
+    _sop_class, sop_uid, study_uid, series_uid = uids
+    bulk_base = ROOT_MARK + instance_path(study_uid, series_uid, sop_uid) + "/bulkdata"
+    body = body_of(bulk_base, bulk)  # may read deferred values, moving `fp`
+    if pixel is None:
+        if _lacks_pixel_data(body):
+            raise UnreadableInstance("the image has Rows and Columns but no Pixel Data: "
+                                     "the file ends before it")
+        return body, None, bulk
+    tag, vr, length = pixel
+    key = f"{tag:08X}"
+    if length != UNDEFINED:
+        bulk[key] = (pixel_value, length)
+    body[key] = {"vr": vr, "BulkDataURI": f"{bulk_base}/{key}"}
+    assert encoding is not None
+    fp.seek(pixel_value)
+    frames = index_frames(
+        fp, encoding[1], length,
+        frames=first_int(body, "00280008") or 1,
+        rows=first_int(body, "00280010") or 0, columns=first_int(body, "00280011") or 0,
+        samples=first_int(body, "00280002") or 1,
+        bits_allocated=first_int(body, "00280100") or 8,
+        photometric=first_text(body, "00280004"),
+    )
+    return body, frames, bulk
+
+
 def _check_whole(ds: Dataset, size: int, where: str = "") -> None:
     """Refuse a data set with a value cut short by the end of the file.
 
@@ -200,13 +258,13 @@ def _check_whole(ds: Dataset, size: int, where: str = "") -> None:
                 _check_whole(item, size, f"{where}{tag} item {i + 1}, ")
 
 
-def _lacks_pixel_data(ds: Dataset) -> bool:
+def _lacks_pixel_data(body: dict[str, Any]) -> bool:
     """Whether an image's pixels are missing: the sign of a file cut just before them.
 
     Pixel data referenced by URL (JPIP, PS3.3 C.7.6.3.1.3) is not missing.
     """
-    return ("Rows" in ds and "Columns" in ds and "PixelDataProviderURL" not in ds
-            and not any(tag in ds for tag in PIXEL_TAGS))
+    return ("00280010" in body and "00280011" in body and "00287FE0" not in body
+            and not any(f"{tag:08X}" in body for tag in PIXEL_TAGS))
 
 
 def _read_encoding(ds: Dataset) -> tuple[bool, bool] | None:
@@ -228,10 +286,13 @@ def _read_encoding(ds: Dataset) -> tuple[bool, bool] | None:
     return implicit, little
 
 
-def _uids(ds: Dataset) -> tuple[str, str, str, str]:
+def _uids(value_of: Callable[[str, str], str]) -> tuple[str, str, str, str]:
+    """The SOP Class, SOP Instance, Study and Series Instance UIDs, each found by
+    ``value_of(keyword, tag)``."""
     found = []
-    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
-        value = str(ds.get(keyword, "") or "").strip("\0 ")
+    for keyword, tag in (("SOPClassUID", "00080016"), ("SOPInstanceUID", "00080018"),
+                         ("StudyInstanceUID", "0020000D"), ("SeriesInstanceUID", "0020000E")):
+        value = value_of(keyword, tag).strip("\0 ")
         if not value:
             raise UnreadableInstance(f"the dataset has no {keyword}", missing_uid=True)
         if len(value) > 64:
@@ -248,15 +309,3 @@ def request_attributes(body: dict[str, Any]) -> tuple[tuple[str, str, str], ...]
     found = {(first_text(item, "00401001"), first_text(item, "00400009"), first_text(item, "00080050"))
              for item in items if isinstance(item, dict)}
     return tuple(sorted(ids for ids in found if any(ids)))
-
-
-def _metadata(ds: Dataset, uids: tuple[str, str, str, str], pixel: tuple[int, str, int] | None,
-              bulk: dict[str, tuple[int, int]]) -> dict[str, Any]:
-    _sop_class, sop_uid, study_uid, series_uid = uids
-    bulk_base = ROOT_MARK + instance_path(study_uid, series_uid, sop_uid) + "/bulkdata"
-    body = to_json(ds, bulk_base, bulk)
-    if pixel is not None:
-        tag, vr, _length = pixel
-        key = f"{tag:08X}"
-        body[key] = {"vr": vr, "BulkDataURI": f"{bulk_base}/{key}"}
-    return body
