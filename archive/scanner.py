@@ -3,8 +3,8 @@ bytes straight to DICOM JSON.
 
 Nearly every instance arrives in explicit VR little endian, with native or
 encapsulated pixel data (PS3.5 A.2, A.4). Its data set is walked here element
-by element, without a pydicom data set in between: about a quarter of the cost
-of ``dcmread`` followed by :func:`archive.dicomjson.to_json`. Values go
+by element, without a pydicom data set in between, which halves the CPU of
+:func:`archive.header.read_header` for a CT slice (0.76 -> 0.34-0.43 ms). Values go
 through the same conversions as there (:func:`archive.dicomjson.value_json`,
 else pydicom's own for the element), so the JSON is the same.
 
