@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from archive.part10 import has_magic
+
 # The preamble, "DICM" and the (0002,0000) UL group length element: what must be
 # seen before the data set's offset is known.
 _HEAD_BYTES = 144
@@ -80,6 +82,6 @@ def file_sha256(path: Path) -> str:
 def _dataset_offset(head: bytes | bytearray) -> int:
     """Where the data set starts: after the preamble, ``DICM`` and the group
     length's worth of meta elements (PS3.10 §7.1: (0002,0000) UL comes first)."""
-    if head[128:132] != b"DICM" or head[132:138] != b"\x02\x00\x00\x00UL":
+    if not has_magic(head) or head[132:138] != b"\x02\x00\x00\x00UL":
         return 0
     return 144 + int.from_bytes(head[140:144], "little")

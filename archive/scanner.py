@@ -30,6 +30,7 @@ from pydicom.uid import UID
 
 from archive.dicomjson import BULK_THRESHOLD, BYTES_VRS, UNDEFINED, element_json, value_json
 from archive.frames import PIXEL_TAGS
+from archive.part10 import PREFIX, has_magic
 
 # Explicit VRs whose length takes 4 bytes after 2 reserved ones, and those whose
 # length takes 2 (PS3.5 Table 7.1-1 and 7.1-2).
@@ -40,7 +41,6 @@ _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _CHARSET = 0x00080005
 # SOP Class, SOP Instance, Study and Series Instance UIDs.
 _IDENTIFYING = ("00080016", "00080018", "0020000D", "0020000E")
-_PREAMBLE = 128
 _TAG = struct.Struct("<HH")
 _SHORT_LENGTH = struct.Struct("<H")
 _LONG_LENGTH = struct.Struct("<I")
@@ -72,7 +72,7 @@ class Scanned:
 
 def scan(fd: int, size: int) -> Scanned | None:
     """Walk the Part-10 file open as `fd` (`size` bytes); ``None`` when pydicom must read it."""
-    if size < _PREAMBLE + 4 + 12:
+    if size < len(PREFIX) + 12:
         return None
     with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as buf:
         try:
@@ -91,10 +91,10 @@ class _Walk:
 
     def file(self) -> Scanned:
         buf = self.buf
-        if buf[_PREAMBLE:_PREAMBLE + 4] != b"DICM":
+        if not has_magic(buf[:len(PREFIX)]):
             raise _Unusual
         # The file meta group, explicit VR little endian whatever the data set's syntax (PS3.10 7.1).
-        meta, start = self.dataset(_PREAMBLE + 4, self.size, [default_encoding], [], top=True,
+        meta, start = self.dataset(len(PREFIX), self.size, [default_encoding], [], top=True,
                                    meta=True)
         syntax = _one_uid(meta.get("00020010"))
         uid = UID(syntax)

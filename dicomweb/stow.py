@@ -31,6 +31,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from archive.ingest import Failure, Ingest, IngestError, Outcome, Source, Stored
+from archive.part10 import PREFIX, has_magic
 from dicomweb import stowjson
 from dicomweb.errors import DicomWebError, warning_header
 from dicomweb.multipart import Part, PartReader, media_type
@@ -39,7 +40,6 @@ from dicomweb.urls import root_url
 
 log = logging.getLogger("huren.stow")
 DICOM = "application/dicom"
-PREAMBLE = b"\0" * 128 + b"DICM"
 PARALLEL_PARTS = 4  # parts of one request archived at once
 RETRY_AFTER = 30  # seconds a client refused with 503 is asked to wait
 
@@ -170,12 +170,12 @@ def _as_part10(path: Path) -> bool:
     dicomweb-client's ``store_instances`` sends what it writes.
     """
     with open(path, "rb") as fp:
-        head = fp.read(len(PREAMBLE))
-    if head[128:] == b"DICM" or head[:2] != b"\x02\x00" or not head[4:6].isalpha():
+        head = fp.read(len(PREFIX))
+    if has_magic(head) or head[:2] != b"\x02\x00" or not head[4:6].isalpha():
         return False
     whole = path.with_suffix(".p10")
     with open(path, "rb") as source, open(whole, "wb") as target:
-        target.write(PREAMBLE)
+        target.write(PREFIX)
         shutil.copyfileobj(source, target, 1024 * 1024)
     os.replace(whole, path)
     return True

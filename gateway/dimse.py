@@ -29,6 +29,8 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
+from archive.part10 import PREFIX
+
 log = logging.getLogger("huren.dimse")
 
 _ELEMENT = struct.Struct("<HHL")  # group, element, value length: implicit VR little endian (PS3.5 §7.1.3)
@@ -95,7 +97,7 @@ def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -
         _explicit(0x0012, b"UI", _uid(PYNETDICOM_IMPLEMENTATION_UID)),
         _explicit(0x0013, b"SH", _text(PYNETDICOM_IMPLEMENTATION_VERSION)),
     ))
-    return b"\0" * 128 + b"DICM" + _explicit(0x0000, b"UL", len(elements).to_bytes(4, "little")) + elements
+    return PREFIX + _explicit(0x0000, b"UL", len(elements).to_bytes(4, "little")) + elements
 
 
 def _explicit(element: int, vr: bytes, value: bytes) -> bytes:
