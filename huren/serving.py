@@ -63,7 +63,7 @@ def serve(config: Config, spool: Path, db: Database, dimse_socket: socket.socket
     # What this process receives (C-STORE data sets, STOW-RS parts) is written in its own folder.
     receiving = ReceiveFolder(spool)
     tempfile.tempdir = str(receiving.path)
-    sweeping = SweepLoop(Sweeper(db, open_store(config), spool, receiving.path, upload_age=config.sweep.upload_age,
+    sweeping = SweepLoop(Sweeper(db, ingest.store, spool, receiving.path, upload_age=config.sweep.upload_age,
                                  orphan_grace=config.sweep.orphan_grace), config.sweep.interval).start()
     app = build_app(config, db, store, ingest, receiving.path, compliance, trail)
     judging = JudgingLoop(compliance, config.guideline.poll_interval).start() if config.rule_sets else None
