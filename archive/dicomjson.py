@@ -94,7 +94,12 @@ def to_json(ds: Dataset, bulk_base: str, bulk: dict[str, tuple[int, int]], *,
 
 def _encodings(ds: Dataset) -> list[str]:
     """The Python codecs of the data set's text, as pydicom decodes it."""
-    encodings = ds.original_character_set or [default_encoding]
+    return codecs(ds.original_character_set)
+
+
+def codecs(encodings: str | Sequence[str] | None) -> list[str]:
+    """pydicom's encodings of a data set (one codec, several, or none: the default) as a list."""
+    encodings = encodings or [default_encoding]
     return [encodings] if isinstance(encodings, str) else list(encodings)
 
 

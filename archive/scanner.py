@@ -28,7 +28,7 @@ from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.tag import Tag
 from pydicom.uid import UID
 
-from archive.dicomjson import BULK_THRESHOLD, BYTES_VRS, UNDEFINED, element_json, value_json
+from archive.dicomjson import BULK_THRESHOLD, BYTES_VRS, UNDEFINED, codecs, element_json, value_json
 from archive.frames import PIXEL_TAGS
 from archive.part10 import PREFIX, has_magic
 
@@ -74,7 +74,11 @@ def scan(fd: int, size: int) -> Scanned | None:
     """Walk the Part-10 file open as `fd` (`size` bytes); ``None`` when pydicom must read it."""
     if size < len(PREFIX) + 12:
         return None
-    with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as buf:
+    try:
+        mapped = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        return None  # a file system that cannot map files (some FUSE mounts): pydicom reads it
+    with mapped as buf:
         try:
             return _Walk(buf, size).file()
         except (_Unusual, struct.error, UnicodeError, ValueError, LookupError, TypeError,
@@ -212,8 +216,7 @@ def _sequence_json(items: list[dict[str, Any]]) -> dict[str, Any]:
 def _encodings(value: bytes) -> list[str]:
     """The Python codecs of a Specific Character Set value, as pydicom decodes with them."""
     raw = RawDataElement(Tag(_CHARSET), "CS", len(value), value, 0, False, True)
-    found = convert_encodings(convert_raw_data_element(raw).value) or [default_encoding]
-    return [found] if isinstance(found, str) else list(found)
+    return codecs(convert_encodings(convert_raw_data_element(raw).value))
 
 
 def _one_uid(element: dict[str, Any] | None, *, empty: bool = False) -> str:

@@ -204,3 +204,16 @@ def test_a_value_running_past_the_end_of_its_item_is_left_to_pydicom(
     assert not scanned(path)
     fast, slow = both(path, monkeypatch)
     assert fast == slow
+
+
+def test_a_file_system_that_cannot_map_files_falls_back_to_pydicom(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(instance(StudyDescription="Thorax"), tmp_path / "unmappable.dcm")
+    mapped = read_header(path)
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise OSError(19, "No such device")  # what mmap(2) says on a file system without it
+
+    monkeypatch.setattr("archive.scanner.mmap.mmap", refuse)
+    assert not scanned(path)
+    assert read_header(path) == mapped
